@@ -1,0 +1,1 @@
+"""Captioner service of the CIR suite."""

@@ -1,0 +1,179 @@
+"""Service configuration: typed dataclasses filled from a profile file and the environment.
+
+Precedence, lowest first: the dataclass defaults, the service's section of a TOML profile
+(`CIR_PROFILE` or `<PREFIX>PROFILE`), then environment variables `<PREFIX><FIELD>` (e.g.
+`CIR_ENCODER_PORT=50061`). Unknown keys are errors, so a typo never silently falls back to
+a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cir_common.errors import ConfigError
+
+MIB = 1024 * 1024
+
+PROFILE_ENV = "CIR_PROFILE"
+
+
+@dataclasses.dataclass
+class ServiceSettings:
+    """Settings every service has. Services subclass this and add their own fields."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    # Largest request or response message, both directions.
+    max_message_bytes: int = 32 * MIB
+    # On SIGTERM: report NOT_SERVING this long before refusing new calls, so load balancers move away.
+    shutdown_delay_s: float = 0.0
+    # Then wait at most this long for in-flight calls to finish.
+    shutdown_grace_s: float = 30.0
+    log_level: str = "INFO"
+    # Redis URL of the shared cache; empty = an in-process LRU of cache_memory_bytes.
+    cache_url: str = ""
+    cache_memory_bytes: int = 256 * MIB
+    max_image_bytes: int = 32 * MIB
+    # Decompression-bomb guard: largest width * height accepted.
+    max_image_pixels: int = 50_000_000
+    # Local folders from which images may be referenced by file:// URI; empty = URIs refused.
+    image_uri_roots: list[str] = dataclasses.field(default_factory=list)
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def load_settings(
+    cls: type[SettingsT],
+    *,
+    section: str,
+    env_prefix: str,
+    profile: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SettingsT:
+    """Builds `cls` from defaults, the profile's `[section]` table and `env_prefix*` variables."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    profile_path = profile or env.get(f"{env_prefix}PROFILE") or env.get(PROFILE_ENV)
+    if profile_path:
+        values.update(_read_profile_section(Path(profile_path), section))
+    values.update(_read_environment(cls, env_prefix, env))
+    fields = _fields(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(name, raw, fields[name]) for name, raw in values.items()}
+    return cls(**kwargs)
+
+
+def settings_reference(cls: type[ServiceSettings], env_prefix: str) -> list[tuple[str, str, str]]:
+    """(environment variable, type, default) for every field: the configuration reference."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        rows.append((f"{env_prefix}{field.name.upper()}", _type_name(hints[field.name]), repr(default)))
+    return rows
+
+
+def _fields(cls: type[ServiceSettings]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+
+
+def _read_profile_section(path: Path, section: str) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"profile file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"profile file {path} is not valid TOML: {exc}") from None
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"profile file {path}: [{section}] must be a table")
+    return dict(table)
+
+
+def _read_environment(cls: type[ServiceSettings], prefix: str, env: Mapping[str, str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in env.items():
+        if key.startswith(prefix) and key != f"{prefix}PROFILE":
+            found[key[len(prefix) :].lower()] = value
+    return found
+
+
+def _coerce(name: str, raw: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw == ""):
+            return None
+        return _coerce(name, raw, inner[0])
+    try:
+        if hint is bool:
+            return _to_bool(raw)
+        if hint in (int, float):
+            if isinstance(raw, bool):
+                raise ValueError("a boolean is not a number")
+            return hint(raw)
+        if hint is str:
+            if not isinstance(raw, str):
+                raise ValueError("expected a string")
+            return raw
+        if origin is list:
+            items = raw if isinstance(raw, list) else [s.strip() for s in str(raw).split(",") if s.strip()]
+            return [_coerce(name, item, args[0]) for item in items]
+        if origin is dict:
+            mapping = raw if isinstance(raw, dict) else _parse_mapping(str(raw))
+            return {str(k): _coerce(name, v, args[1]) for k, v in mapping.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}={raw!r} is not a valid {_type_name(hint)}: {exc}") from None
+    raise ConfigError(f"setting {name} has an unsupported type {hint!r}")
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _parse_mapping(text: str) -> dict[str, str]:
+    """Accepts JSON (`{"a": "x"}`) or `a=x,b=y` for dict settings given in the environment."""
+    text = text.strip()
+    if text.startswith("{"):
+        parsed = json.loads(text)
+        if not isinstance(parsed, dict):
+            raise ValueError("expected a JSON object")
+        return parsed
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {part!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(hint))}]"
+    return getattr(hint, "__name__", str(hint))

@@ -1,0 +1,211 @@
+"""Asyncio gRPC server bootstrap shared by every service.
+
+One `ServiceHost` per process: standard health (NOT_SERVING until the service says it is
+ready), server reflection, message-size limits from config, one interceptor that gives
+every RPC a request id, maps internal errors to status codes and reports server time, and
+a graceful shutdown that turns health to NOT_SERVING before draining in-flight calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cir_common.config import ServiceSettings
+from cir_common.errors import status_for
+from cir_common.request_context import (
+    REQUEST_ID_HEADER,
+    bind_request_id,
+    current_request_id,
+    reset_request_id,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER_TIME_HEADER = "x-cir-server-ms"
+
+# RPCs that must answer while the model is still loading.
+_ALWAYS_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class _ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, host: ServiceHost) -> None:
+        self._host = host
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_ALWAYS_OPEN_PREFIXES):
+            return handler
+        incoming = dict(handler_call_details.invocation_metadata or ())
+        request_id = incoming.get(REQUEST_ID_HEADER)
+        return _wrap_handler(handler, method, request_id, self._host)
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler, method: str, request_id: str | None, host: ServiceHost
+) -> grpc.RpcMethodHandler:
+    async def before(context: grpc.aio.ServicerContext) -> None:
+        # Set now so that an aborted call carries its request id too.
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, current_request_id()),))
+        if not host.ready:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{host.display_name} is starting (model not loaded yet); retry when health is SERVING",
+            )
+
+    async def fail(context: grpc.aio.ServicerContext, error: Exception) -> None:
+        code, message = status_for(error)
+        if code == grpc.StatusCode.INTERNAL:
+            log.exception("%s failed", method)
+        else:
+            log.info("%s -> %s: %s", method, code.name, message)
+        await context.abort(code, message)
+
+    def finish(context: grpc.aio.ServicerContext, started: float) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        context.set_trailing_metadata(
+            ((REQUEST_ID_HEADER, current_request_id()), (SERVER_TIME_HEADER, f"{elapsed_ms:.3f}"))
+        )
+        log.debug("%s done in %.1f ms", method, elapsed_ms)
+
+    def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = bind_request_id(request_id)
+            started = time.perf_counter()
+            try:
+                await before(context)
+                return await behavior(request_or_iterator, context)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as error:  # noqa: BLE001 - every error becomes a status
+                await fail(context, error)
+            finally:
+                finish(context, started)
+                reset_request_id(token)
+
+        return wrapped
+
+    def wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            token = bind_request_id(request_id)
+            started = time.perf_counter()
+            try:
+                await before(context)
+                result = behavior(request_or_iterator, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:
+                    await result
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as error:  # noqa: BLE001
+                await fail(context, error)
+            finally:
+                finish(context, started)
+                reset_request_id(token)
+
+        return wrapped
+
+    common = dict(
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap_unary_response(handler.unary_unary), **common)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap_unary_response(handler.stream_unary), **common)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap_stream_response(handler.unary_stream), **common)
+    return grpc.stream_stream_rpc_method_handler(wrap_stream_response(handler.stream_stream), **common)
+
+
+class ServiceHost:
+    """Owns the grpc.aio server of one service process."""
+
+    def __init__(self, service_names: Sequence[str], settings: ServiceSettings, display_name: str) -> None:
+        self.service_names = tuple(service_names)
+        self.settings = settings
+        self.display_name = display_name
+        self.ready = False
+        self.port: int | None = None
+        limit = settings.max_message_bytes
+        self.server = grpc.aio.server(
+            interceptors=[_ServiceInterceptor(self)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Binds and starts serving (health NOT_SERVING until `set_ready`). Returns the bound port."""
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{self.settings.host}:{self.settings.port}"
+        port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"{self.display_name} could not bind {address}")
+        await self.server.start()
+        self.port = port
+        log.info("%s listening on %s:%d", self.display_name, self.settings.host, port)
+        return port
+
+    async def set_ready(self) -> None:
+        self.ready = True
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s is SERVING", self.display_name)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: NOT_SERVING, optional delay, refuse new calls, drain in-flight ones."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        await self.health.enter_graceful_shutdown()
+        log.info("%s shutting down: NOT_SERVING, draining in-flight calls", self.display_name)
+        if self.settings.shutdown_delay_s > 0:
+            await asyncio.sleep(self.settings.shutdown_delay_s)
+        await self.server.stop(self.settings.shutdown_grace_s)
+        self._stopped.set()
+        log.info("%s stopped", self.display_name)
+
+    async def run(self, load: Callable[[], Awaitable[None]]) -> None:
+        """Serves until SIGTERM/SIGINT: listens at once, runs `load`, then turns SERVING."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        loader = asyncio.create_task(load())
+        waiter = asyncio.create_task(stop_requested.wait())
+        done, _ = await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if loader in done:
+            loader.result()  # a failed load ends the process with its error
+            await self.set_ready()
+            await waiter
+        else:
+            loader.cancel()
+        await self.stop()

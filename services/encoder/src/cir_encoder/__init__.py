@@ -1,0 +1,1 @@
+"""Encoder service of the CIR suite."""

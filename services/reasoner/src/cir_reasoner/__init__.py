@@ -1,0 +1,1 @@
+"""Reasoner service of the CIR suite."""

@@ -1,0 +1,1 @@
+"""Retriever service of the CIR suite."""
