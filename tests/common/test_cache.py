@@ -1,0 +1,519 @@
+"""The shared cache: LRU bounds, Redis round trips, keys that name every input, codecs, and outages."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+import struct
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from support.redis_process import INSTALL_HINT, RedisStartError, free_port
+from support.redis_process import start_redis as start_redis_process
+
+from cir.common.v1 import common_pb2
+from cir_common.cache import (
+    Cache,
+    MemoryCache,
+    RedisCache,
+    cache_from_url,
+    cache_key,
+    pack_f32,
+    pack_f32_matrix,
+    pack_json,
+    unpack_f32,
+    unpack_f32_matrix,
+    unpack_json,
+)
+from cir_common.errors import ConfigError, InvalidArgument
+from cir_common.vectors import vector_from_proto, vector_to_proto
+
+CACHE_LOGGER = "cir_common.cache"
+
+
+def _unique(prefix: str = "t") -> str:
+    # The session Redis is shared between tests: keep every test's keys apart.
+    return f"test:{prefix}:{uuid.uuid4().hex}"
+
+
+# --- MemoryCache ------------------------------------------------------------------------------------------
+
+
+async def test_memory_cache_evicts_least_recently_used_by_total_bytes():
+    cache = MemoryCache(max_bytes=100)
+    await cache.set_many({"a": b"a" * 40, "b": b"b" * 40})
+    assert await cache.get("a") == b"a" * 40  # "a" is now the most recently used
+    await cache.set("c", b"c" * 40)  # 120 bytes > 100: the least recently used ("b") goes
+    assert await cache.get_many(["a", "b", "c"]) == [b"a" * 40, None, b"c" * 40]
+    stats = cache.stats()
+    assert stats["bytes"] == 80
+    assert stats["entries"] == 2
+    assert stats["evictions"] == 1
+
+
+async def test_memory_cache_evicts_as_many_entries_as_needed():
+    cache = MemoryCache(max_bytes=100)
+    await cache.set_many({f"k{i}": bytes(20) for i in range(5)})
+    await cache.set("big", bytes(70))
+    assert await cache.get_many([f"k{i}" for i in range(5)]) == [None, None, None, None, bytes(20)]
+    assert cache.stats()["bytes"] == 90
+
+
+async def test_memory_cache_replacing_a_key_counts_its_bytes_once():
+    cache = MemoryCache(max_bytes=100)
+    for size in (60, 10, 90):
+        await cache.set("k", bytes(size))
+    assert cache.stats()["bytes"] == 90
+    assert await cache.get("k") == bytes(90)
+
+
+async def test_memory_cache_skips_a_value_larger_than_the_whole_cache():
+    cache = MemoryCache(max_bytes=100)
+    await cache.set("small", b"s")
+    await cache.set("huge", bytes(101))
+    assert await cache.get("huge") is None
+    assert await cache.get("small") == b"s"  # nothing was evicted for a value that could never fit
+
+
+async def test_memory_cache_counts_hits_and_misses():
+    cache = MemoryCache(max_bytes=1000)
+    await cache.set("k", b"v")
+    await cache.get_many(["k", "x", "k"])
+    assert (cache.stats()["hits"], cache.stats()["misses"]) == (2, 1)
+
+
+async def test_memory_cache_honours_ttl():
+    cache = MemoryCache(max_bytes=1000)
+    await cache.set("short", b"1", ttl_s=1)
+    await cache.set("forever", b"2")
+    assert await cache.get("short") == b"1"
+    await asyncio.sleep(1.05)
+    assert await cache.get_many(["short", "forever"]) == [None, b"2"]
+    assert cache.stats()["bytes"] == 1
+
+
+@pytest.mark.parametrize("ttl", [0, -5])
+async def test_non_positive_ttl_is_a_programming_error(ttl):
+    with pytest.raises(ValueError, match="ttl_s"):
+        await MemoryCache(100).set("k", b"v", ttl_s=ttl)
+
+
+async def test_memory_cache_is_consistent_under_concurrent_use():
+    cache = MemoryCache(max_bytes=10_000)
+
+    async def worker(n: int) -> None:
+        for i in range(50):
+            await cache.set(f"{n}:{i}", bytes(10))
+            await cache.get(f"{(n + 1) % 8}:{i}")
+
+    await asyncio.gather(*(worker(n) for n in range(8)))
+    assert cache.stats()["bytes"] == 10 * cache.stats()["entries"] <= 10_000
+
+
+async def test_both_caches_satisfy_the_protocol(redis_server):
+    redis_cache = RedisCache(redis_server.url)
+    try:
+        assert isinstance(MemoryCache(1), Cache)
+        assert isinstance(redis_cache, Cache)
+    finally:
+        await redis_cache.close()
+
+
+# --- RedisCache against a real server ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_cache(redis_server):
+    cache = RedisCache(redis_server.url)
+    yield cache
+    await cache.close()
+
+
+async def test_redis_round_trip_of_many_keys_with_misses(redis_cache):
+    keys = [_unique() for _ in range(3)]
+    await redis_cache.set_many({keys[0]: b"zero", keys[2]: b"\x00\xff" * 1000})
+    assert await redis_cache.get_many(keys) == [b"zero", None, b"\x00\xff" * 1000]
+    assert await redis_cache.get_many([]) == []
+    assert redis_cache.stats() == {"hits": 2, "misses": 1, "errors": 0, "skipped": 0, "writes": 2}
+    assert redis_cache.healthy
+
+
+async def test_redis_single_get_and_set_round_trip_a_vector(redis_cache):
+    key = _unique("vec")
+    vec = np.linspace(-1, 1, 512, dtype=np.float32)
+    await redis_cache.set(key, pack_f32(vec))
+    got = await redis_cache.get(key)
+    assert got is not None
+    assert np.array_equal(unpack_f32(got, 512), vec)
+
+
+async def test_redis_ttl_is_set_on_write(redis_cache, redis_server):
+    with_ttl, without_ttl = _unique(), _unique()
+    await redis_cache.set(with_ttl, b"v", ttl_s=100)
+    await redis_cache.set(without_ttl, b"v")
+    raw = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert 90 <= await raw.ttl(with_ttl) <= 100
+        assert await raw.ttl(without_ttl) == -1  # no expiry
+    finally:
+        await raw.aclose()
+
+
+async def test_redis_default_ttl_applies_when_none_is_given(redis_server):
+    cache = RedisCache(redis_server.url, default_ttl_s=50)
+    raw = aioredis.Redis.from_url(redis_server.url)
+    key = _unique()
+    try:
+        await cache.set(key, b"v")
+        assert 40 <= await raw.ttl(key) <= 50
+    finally:
+        await cache.close()
+        await raw.aclose()
+
+
+async def test_redis_handles_concurrent_requests(redis_cache):
+    keys = [_unique() for _ in range(40)]
+    await asyncio.gather(*(redis_cache.set(k, k.encode()) for k in keys))
+    values = await asyncio.gather(*(redis_cache.get(k) for k in keys))
+    assert values == [k.encode() for k in keys]
+
+
+# --- outages ----------------------------------------------------------------------------------------------
+
+
+def _warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == CACHE_LOGGER and r.levelno == logging.WARNING]
+
+
+async def test_redis_killed_mid_test_degrades_to_misses_and_recovers(start_redis, caplog):
+    caplog.set_level(logging.INFO, logger=CACHE_LOGGER)
+    server = start_redis()
+    port = server.port
+    cache = RedisCache(server.url, socket_timeout_s=0.25, retry_after_s=0.5)
+    try:
+        await cache.set("k", b"before")
+        assert await cache.get("k") == b"before"
+
+        server.kill()
+        assert await cache.get("k") is None
+        await cache.set("k2", b"dropped")  # must not raise
+        assert await cache.get_many(["k", "k2"]) == [None, None]
+        assert not cache.healthy
+        warnings = _warnings(caplog)
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert warnings[0].getMessage().startswith("cache unavailable, continuing without cache")
+        # Only the first call reached for Redis; the rest were skipped without trying.
+        assert cache.stats()["errors"] == 1
+        assert cache.stats()["skipped"] == 2
+
+        # Within retry_after_s Redis is not tried again, so an outage adds no latency.
+        started = time.perf_counter()
+        for _ in range(200):
+            assert await cache.get("k") is None
+        assert time.perf_counter() - started < 0.2
+        assert cache.stats()["errors"] == 1
+
+        start_redis(port)  # same port, empty data
+        await cache.set("k", b"lost while down")  # still inside the retry window: dropped
+        await asyncio.sleep(0.55)
+        await cache.set("k", b"after")
+        assert await cache.get("k") == b"after"
+        assert cache.healthy
+        assert len(_warnings(caplog)) == 1
+        assert any(r.getMessage().startswith("cache available again") for r in caplog.records)
+    finally:
+        await cache.close()
+
+
+async def test_each_outage_logs_one_warning(start_redis, caplog):
+    caplog.set_level(logging.INFO, logger=CACHE_LOGGER)
+    server = start_redis()
+    cache = RedisCache(server.url, retry_after_s=0.2)
+    try:
+        for outage in (1, 2):
+            server.kill()
+            for _ in range(3):
+                assert await cache.get("k") is None
+                await asyncio.sleep(0.1)  # spans several retry windows: later probes fail quietly
+            assert len(_warnings(caplog)) == outage
+            server = start_redis(server.port)
+            await asyncio.sleep(0.25)
+            await cache.set("k", b"v")
+            assert await cache.get("k") == b"v"
+            assert cache.healthy
+    finally:
+        await cache.close()
+
+
+async def test_a_hung_redis_times_out_quickly_and_is_then_skipped(start_redis, caplog):
+    caplog.set_level(logging.WARNING, logger=CACHE_LOGGER)
+    server = start_redis()
+    cache = RedisCache(server.url, socket_timeout_s=0.1, retry_after_s=30)
+    try:
+        await cache.set("k", b"v")
+        server.process.send_signal(signal.SIGSTOP)  # accepts TCP but never answers
+        started = time.perf_counter()
+        assert await cache.get("k") is None
+        first = time.perf_counter() - started
+        assert first < 1.0
+        started = time.perf_counter()
+        assert await cache.get("k") is None
+        await cache.set("k", b"w")
+        assert time.perf_counter() - started < 0.05
+        assert len(_warnings(caplog)) == 1
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        await cache.close()
+
+
+async def test_unreachable_redis_at_start_never_fails_a_request(caplog):
+    caplog.set_level(logging.WARNING, logger=CACHE_LOGGER)
+    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", retry_after_s=60)
+    try:
+        assert await cache.get_many(["a", "b"]) == [None, None]
+        await cache.set_many({"a": b"1"})
+        assert cache.stats()["misses"] == 2
+        assert cache.stats()["writes"] == 0
+        assert len(_warnings(caplog)) == 1
+    finally:
+        await cache.close()
+
+
+# --- construction -----------------------------------------------------------------------------------------
+
+
+async def test_cache_from_url_picks_redis_only_when_a_url_is_set(redis_server):
+    assert isinstance(cache_from_url(None, 1000), MemoryCache)
+    assert isinstance(cache_from_url("", 1000), MemoryCache)
+    cache = cache_from_url(redis_server.url, 1000)
+    try:
+        assert isinstance(cache, RedisCache)
+        assert redis_server.url in cache.describe()
+    finally:
+        await cache.close()
+
+
+def test_invalid_redis_url_is_a_config_error():
+    with pytest.raises(ConfigError, match="cache URL"):
+        RedisCache("http://127.0.0.1:6379")
+
+
+async def test_describe_hides_the_password():
+    cache = RedisCache("redis://user:hunter2@127.0.0.1:6390/1")
+    try:
+        assert "hunter2" not in cache.describe()
+        assert "127.0.0.1:6390/1" in cache.describe()
+    finally:
+        await cache.close()
+
+
+def test_start_redis_without_binary_says_how_to_install(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RedisStartError, match=r"scripts/install-dev\.sh"):
+        start_redis_process()
+    assert "install-dev.sh" in INSTALL_HINT
+
+
+# --- keys -------------------------------------------------------------------------------------------------
+
+MODEL = "ViT-L-14@sha256:0f1e2d3c"
+PARAMS = {"n": 3, "variant": "beam", "template": 2}
+IMAGE_SHA = hashlib.sha256(b"image bytes").hexdigest()
+
+
+def _h(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def test_key_layout_is_stable():
+    # Pinned: changing how keys are built must bump KEY_VERSION, or old entries would be misread.
+    canonical_params = '{"n":3,"template":2,"variant":"beam"}'
+    expected = f"cir:v1:captions:{_h(MODEL)}:{_h(canonical_params)}:{IMAGE_SHA}"
+    assert cache_key("captions", MODEL, PARAMS, IMAGE_SHA) == expected
+
+
+def test_key_ignores_parameter_order():
+    reordered = {"template": 2, "variant": "beam", "n": 3}
+    assert cache_key("captions", MODEL, PARAMS, IMAGE_SHA) == cache_key(
+        "captions", MODEL, reordered, IMAGE_SHA
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kind": "edited_captions"},
+        {"model": "ViT-L-14@sha256:0f1e2d3d"},
+        {"params": {**PARAMS, "n": 4}},
+        {"params": {**PARAMS, "variant": "nucleus"}},
+        {"params": {**PARAMS, "template": 3}},
+        {"params": {**PARAMS, "extra": None}},
+        {"params": {**PARAMS, "n": True}},  # bool and int must not collide
+        {"params": {**PARAMS, "n": "3"}},
+        {"params": {**PARAMS, "nested": {"a": [1, 2]}}},
+        {"content": hashlib.sha256(b"other image").hexdigest()},
+        {"content": "a text query"},
+    ],
+)
+def test_any_change_of_input_changes_the_key(change):
+    base = {"kind": "captions", "model": MODEL, "params": PARAMS, "content": IMAGE_SHA}
+    assert cache_key(**base) != cache_key(**{**base, **change})
+
+
+def test_nested_params_are_canonical_too():
+    a = cache_key("k", MODEL, {"p": {"x": 1, "y": 2}}, "c")
+    b = cache_key("k", MODEL, {"p": {"y": 2, "x": 1}}, "c")
+    assert a == b
+
+
+def test_key_length_is_bounded_and_free_text_is_hashed():
+    long_text = "a red dress " * 1000
+    key = cache_key("text_embedding", "m" * 5000, {"p": "x" * 5000}, long_text)
+    assert len(key) < 120
+    assert long_text[:20] not in key
+    assert key.endswith(":" + _h(long_text))
+
+
+def test_image_digest_is_kept_readable_in_the_key():
+    assert cache_key("captions", MODEL, {}, IMAGE_SHA).endswith(":" + IMAGE_SHA)
+
+
+@pytest.mark.parametrize("kind", ["", "Captions", "a:b", "with space", "x" * 49])
+def test_bad_kind_is_refused(kind):
+    with pytest.raises(ValueError, match="cache kind"):
+        cache_key(kind, MODEL, {}, "c")
+
+
+def test_empty_model_identity_is_refused():
+    with pytest.raises(ValueError, match="model identity"):
+        cache_key("k", "", {}, "c")
+
+
+def test_params_without_a_canonical_form_are_refused():
+    with pytest.raises(TypeError, match="canonical JSON"):
+        cache_key("k", MODEL, {"obj": object()}, "c")
+    with pytest.raises(ValueError):
+        cache_key("k", MODEL, {"t": float("nan")}, "c")
+
+
+def test_numpy_scalars_and_enums_hash_like_their_values():
+    assert cache_key("k", MODEL, {"n": np.int64(3)}, "c") == cache_key("k", MODEL, {"n": 3}, "c")
+    assert cache_key("k", MODEL, {"f": common_pb2.VECTOR_FORMAT_FLOATS}, "c") == cache_key(
+        "k", MODEL, {"f": 1}, "c"
+    )
+
+
+# --- codecs -----------------------------------------------------------------------------------------------
+
+
+def test_pack_f32_is_little_endian_float32():
+    assert pack_f32(np.array([1.0, -2.5])) == struct.pack("<2f", 1.0, -2.5)
+
+
+def test_f32_round_trip_from_float64_and_big_endian_inputs():
+    vec = np.random.default_rng(0).standard_normal(768)
+    out = unpack_f32(pack_f32(vec.astype(">f8")), 768)
+    assert out.dtype == np.float32
+    assert np.array_equal(out, vec.astype(np.float32))
+    out[0] = 5.0  # callers may normalise in place
+
+
+@pytest.mark.parametrize(
+    ("data", "dim", "message"), [(b"\x00" * 7, None, "not a multiple of 4"), (b"\x00" * 8, 3, "dim is 3")]
+)
+def test_unpack_f32_rejects_bad_lengths(data, dim, message):
+    with pytest.raises(InvalidArgument, match=message):
+        unpack_f32(data, dim)
+
+
+def test_pack_f32_refuses_non_vectors():
+    with pytest.raises(ValueError, match="1-D"):
+        pack_f32(np.zeros((2, 2)))
+
+
+def test_matrix_round_trip_and_shape():
+    mat = np.arange(12, dtype=np.float64).reshape(3, 4)
+    packed = pack_f32_matrix(mat)
+    assert len(packed) == 12 + 4 * 12
+    out = unpack_f32_matrix(packed, dim=4)
+    assert out.shape == (3, 4)
+    assert np.array_equal(out, mat.astype(np.float32))
+    assert unpack_f32_matrix(pack_f32_matrix(np.zeros((0, 5))), 5).shape == (0, 5)
+
+
+def test_matrix_rejects_bad_data():
+    packed = pack_f32_matrix(np.ones((2, 3)))
+    with pytest.raises(InvalidArgument, match="header says 2x3"):
+        unpack_f32_matrix(packed[:-4])
+    with pytest.raises(InvalidArgument, match="3 columns, expected 4"):
+        unpack_f32_matrix(packed, dim=4)
+    with pytest.raises(InvalidArgument, match="not a packed float32 matrix"):
+        unpack_f32_matrix(pack_f32(np.ones(6)))
+    with pytest.raises(InvalidArgument, match="shorter than its 12-byte header"):
+        unpack_f32_matrix(b"F32M")
+
+
+def test_json_round_trip():
+    obj = {"captions": ["a dog", "ein Hund ü"], "n": 2}
+    assert unpack_json(pack_json(obj)) == obj
+    assert b" " not in pack_json({"a": [1, 2]})
+    with pytest.raises(ValueError):
+        pack_json({"x": float("inf")})
+
+
+# --- proto vectors ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        common_pb2.VECTOR_FORMAT_UNSPECIFIED,
+        common_pb2.VECTOR_FORMAT_FLOATS,
+        common_pb2.VECTOR_FORMAT_PACKED_F32,
+    ],
+)
+def test_proto_vector_round_trip(fmt):
+    vec = np.random.default_rng(1).standard_normal(16).astype(np.float32)
+    msg = vector_to_proto(vec, fmt)
+    assert msg.dim == 16
+    if fmt == common_pb2.VECTOR_FORMAT_PACKED_F32:
+        assert msg.packed_f32le == pack_f32(vec) and not msg.values
+    else:
+        assert len(msg.values) == 16 and not msg.packed_f32le
+    assert np.array_equal(vector_from_proto(msg, expected_dim=16), vec)
+
+
+def test_proto_vector_without_dim_is_accepted():
+    assert vector_from_proto(common_pb2.Vector(values=[1.0, 2.0])).tolist() == [1.0, 2.0]
+    assert vector_from_proto(common_pb2.Vector(packed_f32le=pack_f32(np.ones(3)))).shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("msg", "message"),
+    [
+        (common_pb2.Vector(packed_f32le=b"\x00" * 10, dim=3), "not a multiple of 4"),
+        (common_pb2.Vector(packed_f32le=b"\x00" * 8, dim=3), "dim is 3"),
+        (common_pb2.Vector(values=[1.0, 2.0], dim=3), "2 values but dim is 3"),
+        (common_pb2.Vector(values=[1.0], packed_f32le=b"\x00" * 4), "set exactly one"),
+        (common_pb2.Vector(dim=4), "is empty"),
+        (common_pb2.Vector(values=[1.0, float("nan")]), "NaN"),
+    ],
+)
+def test_bad_proto_vectors_are_invalid_arguments(msg, message):
+    with pytest.raises(InvalidArgument, match=message):
+        vector_from_proto(msg, label="query_vector")
+
+
+def test_proto_vector_of_wrong_model_dimension_is_refused():
+    with pytest.raises(InvalidArgument, match="this model's vectors have 768"):
+        vector_from_proto(common_pb2.Vector(values=[0.5] * 512), expected_dim=768)
+
+
+def test_unknown_vector_format_is_refused():
+    with pytest.raises(InvalidArgument, match="unknown vector format"):
+        vector_to_proto(np.ones(2), 99)

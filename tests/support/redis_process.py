@@ -1,0 +1,158 @@
+"""Start and stop throwaway `redis-server` processes on loopback for tests.
+
+The server runs in the foreground (`--daemonize no`) as our child, so it can be killed hard to simulate
+an outage and is always reaped. Persistence is off: nothing is written outside its temporary folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INSTALL_HINT = (
+    "redis-server is not on PATH; run scripts/install-dev.sh (it installs the redis-server package)"
+)
+
+
+class RedisStartError(RuntimeError):
+    pass
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ping(port: int, timeout_s: float = 0.2) -> bool:
+    """True when a Redis on 127.0.0.1:`port` answers PING (inline command, no client library needed)."""
+    return _ask(port, b"PING", timeout_s).startswith(b"+PONG")
+
+
+def server_pid(port: int, timeout_s: float = 0.5) -> int | None:
+    """The process id the Redis on `port` reports, to tell our server from one that already held the port."""
+    reply = _ask(port, b"INFO server", timeout_s)
+    for line in reply.decode("latin-1").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+def _ask(port: int, command: bytes, timeout_s: float) -> bytes:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+            s.sendall(command + b"\r\n")
+            return s.recv(65536)
+    except OSError:
+        return b""
+
+
+@dataclass
+class RedisProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        path = self.workdir / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        """Simulate a crash: SIGKILL, so clients see connections drop with no goodbye."""
+        if self.alive:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Terminate (SIGTERM, then SIGKILL after 10 s), reap, and remove the working folder. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            if self.alive:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout=10)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_redis(port: int | None = None, *, timeout_s: float = 10.0) -> RedisProcess:
+    """Start `redis-server` on 127.0.0.1 and wait until it answers PING.
+
+    With no `port`, picks a free one and retries on another if it was taken in the meantime.
+    """
+    binary = redis_server_binary()
+    if binary is None:
+        raise RedisStartError(INSTALL_HINT)
+    attempts = 1 if port is not None else 3
+    last_error = ""
+    for _ in range(attempts):
+        chosen = port if port is not None else free_port()
+        try:
+            return _start_once(binary, chosen, timeout_s)
+        except RedisStartError as exc:
+            last_error = str(exc)
+    raise RedisStartError(last_error)
+
+
+def _start_once(binary: str, port: int, timeout_s: float) -> RedisProcess:
+    workdir = Path(tempfile.mkdtemp(prefix=f"cir-redis-{port}-"))
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        str(workdir),
+        "--logfile",
+        str(workdir / "redis.log"),
+    ]
+    process = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    server = RedisProcess(port=port, process=process, workdir=workdir)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not server.alive:
+            log = server.log()
+            server.stop()
+            raise RedisStartError(f"redis-server on port {port} exited with {process.returncode}:\n{log}")
+        if ping(port):
+            if server_pid(port) == process.pid:
+                return server
+            server.stop()
+            raise RedisStartError(f"port {port} is already served by another Redis")
+        time.sleep(0.02)
+    log = server.log()
+    server.stop()
+    raise RedisStartError(f"redis-server on port {port} did not answer PING within {timeout_s} s:\n{log}")
