@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from support.redis_process import INSTALL_HINT, RedisProcess, redis_server_binary
-from support.redis_process import start_redis as _start_redis
+from cir_common.local_redis import INSTALL_HINT, RedisProcess, redis_server_binary
+from cir_common.local_redis import start_redis as _start_redis
 
 
 def _require_redis_server() -> None:
@@ -45,3 +46,11 @@ def start_redis() -> Iterator[Callable[..., RedisProcess]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the profile.toml of a tiny model pack, built once per session by `cir models tiny`'s code."""
+    from cir_common.tiny_pack import build_tiny_pack
+
+    return build_tiny_pack(tmp_path_factory.mktemp("tiny-pack"), echo=None)

@@ -13,8 +13,8 @@ import uuid
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-from support.redis_process import INSTALL_HINT, RedisStartError, free_port
-from support.redis_process import start_redis as start_redis_process
+from cir_common.local_redis import INSTALL_HINT, RedisStartError, free_port
+from cir_common.local_redis import start_redis as start_redis_process
 
 from cir.common.v1 import common_pb2
 from cir_common.cache import (

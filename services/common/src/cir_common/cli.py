@@ -7,9 +7,18 @@ command works in any image and says which package is missing when one is.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+DEFAULT_ADDRESS = "127.0.0.1:50050"
 
 
 def _models_tiny(args: argparse.Namespace) -> int:
@@ -22,9 +31,130 @@ def _models_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from cir_common.local_suite import LocalSuite
+    from cir_common.tiny_pack import build_tiny_pack
+
+    workdir = Path(args.workdir)
+    profile = Path(args.profile) if args.profile else build_tiny_pack(workdir / "tiny-pack", echo=None)
+    suite = LocalSuite(profile=profile, workdir=workdir, use_redis=not args.no_redis)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starting encoder, captioner, reasoner, retriever with {profile} ...", flush=True)
+    suite.start()
+    try:
+        for name, service in suite.processes.items():
+            print(f"  {name:9s} {service.address}  (log: {service.log_path})")
+        if suite.redis is not None:
+            print(f"  cache     {suite.redis.url}")
+        print(f"retriever (public API) at {suite.retriever_address}; Ctrl-C stops everything", flush=True)
+        while not stop.wait(1.0):
+            for name, service in suite.processes.items():
+                if service.process.poll() is not None:
+                    print(
+                        f"{name} exited with {service.process.returncode}:\n{service.log_tail()}",
+                        file=sys.stderr,
+                    )
+                    return 1
+    finally:
+        print("stopping ...", flush=True)
+        suite.stop()
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from cir_common.retriever_client import connect, index_folder, progress_bar
+
+    summary = index_folder(connect(args.address), args.collection, Path(args.folder), progress_bar)
+    print(f"{summary.total} files: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())))
+    for item_id, why in summary.failures:
+        print(f"  failed {item_id}: {why}", file=sys.stderr)
+    return 1 if summary.failures else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from cir_common.retriever_client import connect, format_response, search_request
+
+    request = search_request(
+        args.collection,
+        args.text,
+        image=Path(args.image) if args.image else None,
+        reference_id=args.id,
+        strategy=args.strategy,
+        preset=args.preset,
+        top_k=args.top_k,
+        explain=args.explain,
+    )
+    response = connect(args.address).Search(request, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response), indent=2))
+    else:
+        print(format_response(response))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cir_common.demo import SAMPLE_GALLERY, run_demo
+
+    run_demo(
+        Path(args.out), Path(args.profile) if args.profile else None, Path(args.gallery or SAMPLE_GALLERY)
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from cir_common.retriever_client import PRESETS, STRATEGIES
+
     parser = argparse.ArgumentParser(prog="cir", description="Zero-shot composed image retrieval suite.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="start the suite, index the sample gallery, run queries, write HTML"
+    )
+    demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    demo.add_argument(
+        "--profile", default=None, help="profile TOML (default: $CIR_PROFILE, else the tiny pack)"
+    )
+    demo.add_argument("--gallery", default=None, help="image folder to index (default: samples/gallery)")
+    demo.set_defaults(handler=_demo)
+
+    serve = commands.add_parser(
+        "serve", help="run the four services and a Redis cache on loopback until Ctrl-C"
+    )
+    serve.add_argument(
+        "--profile", default=None, help="profile TOML (default: $CIR_PROFILE, else the tiny pack)"
+    )
+    serve.add_argument("--workdir", default="out/serve", help="logs, gallery store and the tiny pack go here")
+    serve.add_argument("--no-redis", action="store_true", help="use in-process caches instead of Redis")
+    serve.set_defaults(handler=_serve)
+
+    index = commands.add_parser("index", help="ingest a folder of images into a collection")
+    index.add_argument("folder")
+    index.add_argument("--collection", required=True)
+    index.add_argument(
+        "--address", default=DEFAULT_ADDRESS, help=f"retriever host:port (default {DEFAULT_ADDRESS})"
+    )
+    index.set_defaults(handler=_index)
+
+    search = commands.add_parser("search", help="composed search: a reference image changed as the text says")
+    search.add_argument("--collection", required=True)
+    reference = search.add_mutually_exclusive_group(required=True)
+    reference.add_argument("--image", help="reference image file")
+    reference.add_argument("--id", help="reference image id already in the collection")
+    search.add_argument(
+        "--text", required=True, help='how to change the reference, e.g. "the same dress in red"'
+    )
+    search.add_argument("--strategy", default="cvsi", choices=sorted(STRATEGIES))
+    search.add_argument("--preset", default="circo", choices=sorted(PRESETS))
+    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument(
+        "--explain", action="store_true", help="show captions, edits, objects, prompt, timings"
+    )
+    search.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    search.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    search.add_argument("--address", default=DEFAULT_ADDRESS)
+    search.set_defaults(handler=_search)
 
     models = commands.add_parser("models", help="model packs")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
@@ -38,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "profile", None) is None and "profile" in args:
+        args.profile = os.environ.get("CIR_PROFILE") or None
     try:
         return int(args.handler(args))
     except ModuleNotFoundError as exc:
@@ -45,6 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cir: missing package {exc.name!r}; install the suite: scripts/install-dev.sh", file=sys.stderr
         )
         return 2
+    except grpc.RpcError as exc:
+        print(f"cir: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        print(f"cir: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # SuiteError and friends: a service did not start
+        print(f"cir: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,8 +20,20 @@ class RetrieverSettings(ServiceSettings):
     store_dir: str = "./data/collections"
     default_strategy: str = "cvsi"
     default_preset: str = "circo"
+    # Settings of collections created without explicit ones (CreateCollection or first ingest).
+    default_num_captions: int = 15
+    default_decoding_variant: str = "beam_sample"
+    default_preprocessing: str = "targetpad"
     default_top_k: int = 10
     max_top_k: int = 1000
+    # Time a search may take when the caller sets no deadline.
+    default_timeout_s: float = 120.0
+    # Non-essential stages past these budgets degrade (fallbacks) instead of failing the search.
+    captioner_budget_s: float = 30.0
+    reasoner_budget_s: float = 60.0
+    # Ingestion: images per pipeline batch, and batches in flight before the stream is paused.
+    ingest_batch_size: int = 16
+    ingest_max_batches_in_flight: int = 2
 
 
 def load_retriever_settings() -> RetrieverSettings:

@@ -1,4 +1,4 @@
-"""Start and stop throwaway `redis-server` processes on loopback for tests.
+"""Start and stop throwaway `redis-server` processes on loopback (the local suite and the tests).
 
 The server runs in the foreground (`--daemonize no`) as our child, so it can be killed hard to simulate
 an outage and is always reaped. Persistence is off: nothing is written outside its temporary folder.

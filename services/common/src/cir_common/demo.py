@@ -1,0 +1,151 @@
+"""`cir demo`: the main job on one machine.
+
+Starts the suite (Redis + four services), indexes the sample gallery, runs a few composed queries,
+prints the rankings with their explanations and writes an HTML page that shows them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import mimetypes
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cir.retriever.v1 import retriever_pb2
+from cir_common.local_suite import LocalSuite
+from cir_common.retriever_client import (
+    connect,
+    enum_label,
+    format_response,
+    image_files,
+    image_id,
+    index_folder,
+    progress_bar,
+    search_request,
+)
+from cir_common.tiny_pack import build_tiny_pack
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+SAMPLE_GALLERY = REPO_ROOT / "samples" / "gallery"
+COLLECTION = "samples"
+RANDOM_WEIGHTS_NOTICE = (
+    "These models are the tiny pack: real architectures and formats with RANDOM weights. "
+    "The rankings show the wiring of the suite, not retrieval quality."
+)
+
+
+@dataclass(frozen=True)
+class DemoQuery:
+    reference_id: str
+    text: str
+    strategy: str = "cvsi"
+    by_image: bool = False
+
+
+QUERIES = (
+    DemoQuery("red-circle-light", "the same shape but blue"),
+    DemoQuery("green-square-dark", "on a light background instead"),
+    DemoQuery("yellow-triangle-light", "a circle instead of a triangle, same colour", by_image=True),
+    DemoQuery("blue-square-light", "the same but red", strategy="lincir"),
+)
+
+
+def run_demo(out: Path, profile: Path | None, gallery: Path = SAMPLE_GALLERY, top_k: int = 5) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    random_weights = profile is None
+    if profile is None:
+        print("no profile given: building the tiny model pack (random weights) ...", flush=True)
+        profile = build_tiny_pack(out / "tiny-pack", echo=None)
+    print(f"starting the suite with {profile} (logs in {out / 'suite'}) ...", flush=True)
+    suite = LocalSuite(profile=profile, workdir=out / "suite")
+    started = time.perf_counter()
+    suite.start()
+    print(
+        f"suite SERVING after {time.perf_counter() - started:.1f} s; retriever at {suite.retriever_address}"
+    )
+    try:
+        stub = connect(suite.retriever_address)
+        print(f"indexing {gallery} into collection {COLLECTION!r} ...", flush=True)
+        summary = index_folder(stub, COLLECTION, gallery, progress_bar)
+        print(f"indexed: {summary.counts}")
+        for item_id, why in summary.failures:
+            print(f"  failed {item_id}: {why}")
+        results = []
+        for query in QUERIES:
+            reference = gallery / f"{query.reference_id}.png"
+            request = search_request(
+                COLLECTION,
+                query.text,
+                image=reference if query.by_image else None,
+                reference_id=None if query.by_image else query.reference_id,
+                strategy=query.strategy,
+                top_k=top_k,
+                explain=True,
+            )
+            response = stub.Search(request, timeout=300)
+            how = "image bytes" if query.by_image else "id in the collection"
+            print(f"\nquery: {query.reference_id} ({how}) + {query.text!r}")
+            print(format_response(response))
+            results.append((query, response))
+    finally:
+        suite.stop()
+    page = out / "demo.html"
+    page.write_text(render_page(results, gallery, random_weights), encoding="utf-8")
+    if random_weights:
+        print(f"\n{RANDOM_WEIGHTS_NOTICE}")
+    print(f"\nwrote {page}")
+    return page
+
+
+def _data_uri(path: Path) -> str:
+    kind = mimetypes.guess_type(path.name)[0] or "image/png"
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def render_page(
+    results: list[tuple[DemoQuery, retriever_pb2.SearchResponse]], gallery: Path, random_weights: bool
+) -> str:
+    files = {image_id(gallery, p): p for p in image_files(gallery)}
+    sections = []
+    for query, response in results:
+        explanation = response.explanation
+        hits = "".join(
+            f'<figure><img src="{_data_uri(files[h.id])}" alt="{html.escape(h.id)}">'
+            f"<figcaption>{rank}. {html.escape(h.id)}<br>{h.score:+.4f}</figcaption></figure>"
+            for rank, h in enumerate(response.hits, start=1)
+            if h.id in files
+        )
+        details = [
+            ("strategy", enum_label(retriever_pb2.Strategy, response.resolved.strategy, "STRATEGY_")),
+            ("captions", "; ".join(explanation.captions[:3])),
+            ("edited captions", "; ".join(explanation.edited_captions)),
+            ("added objects", explanation.added_objects),
+            ("prompt", explanation.fine_grained_prompt),
+            ("degradations", "; ".join(f"{d.stage}: {d.reason}" for d in response.degradations) or "none"),
+        ]
+        rows = "".join(f"<tr><th>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in details if v)
+        sections.append(
+            f'<section><div class="query"><figure><img src="{_data_uri(files[query.reference_id])}" '
+            f'alt="reference"><figcaption>reference: {html.escape(query.reference_id)}</figcaption></figure>'
+            f"<div><h2>{html.escape(query.text)}</h2><table>{rows}</table></div></div>"
+            f'<div class="hits">{hits}</div></section>'
+        )
+    notice = f'<p class="notice">{html.escape(RANDOM_WEIGHTS_NOTICE)}</p>' if random_weights else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CIR suite demo</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+.notice {{ background: #fff3cd; border: 1px solid #e0c060; padding: .6em 1em; }}
+section {{ border-top: 1px solid #ccc; padding: 1em 0; }}
+.query {{ display: flex; gap: 2em; align-items: flex-start; }}
+.hits {{ display: flex; gap: 1em; flex-wrap: wrap; margin-top: 1em; }}
+figure {{ margin: 0; text-align: center; font-size: 12px; }}
+img {{ width: 128px; height: 128px; border: 1px solid #999; }}
+th {{ text-align: left; padding-right: 1em; vertical-align: top; }}
+</style></head><body>
+<h1>Composed image retrieval: demo</h1>{notice}
+{"".join(sections)}
+</body></html>
+"""

@@ -1,0 +1,162 @@
+"""The whole suite on one machine: Redis plus the four services, each its own process on loopback.
+
+Used by `cir serve`, `cir demo` and the end-to-end tests. Every process started here is stopped
+by `stop()` (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cir_common.local_redis import RedisProcess, free_port, redis_server_binary, start_redis
+
+SERVICES = {
+    # name: (python module, gRPC service name, environment prefix)
+    "encoder": ("cir_encoder", "cir.encoder.v1.EncoderService", "CIR_ENCODER_"),
+    "captioner": ("cir_captioner", "cir.captioner.v1.CaptionerService", "CIR_CAPTIONER_"),
+    "reasoner": ("cir_reasoner", "cir.reasoner.v1.ReasonerService", "CIR_REASONER_"),
+    "retriever": ("cir_retriever", "cir.retriever.v1.RetrieverService", "CIR_RETRIEVER_"),
+}
+
+
+class SuiteError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class LocalSuite:
+    """Start with `start()`; `retriever_address` is the public entry point."""
+
+    profile: Path
+    workdir: Path
+    use_redis: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    redis: RedisProcess | None = None
+
+    @property
+    def retriever_address(self) -> str:
+        return self.processes["retriever"].address
+
+    def start(self, timeout_s: float = 300.0, names: tuple[str, ...] = tuple(SERVICES)) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.use_redis and redis_server_binary() is not None:
+                self.redis = start_redis()
+            ports = {name: free_port() for name in SERVICES}
+            for name in names:
+                self.start_service(name, ports)
+            self.wait_serving(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def environment(self, name: str, ports: dict[str, int]) -> dict[str, str]:
+        _, _, prefix = SERVICES[name]
+        env = {**os.environ, "CIR_PROFILE": str(self.profile), **self.extra_env}
+        env[f"{prefix}PORT"] = str(ports[name])
+        env[f"{prefix}HOST"] = "127.0.0.1"
+        if self.redis is not None:
+            env[f"{prefix}CACHE_URL"] = self.redis.url
+        if name == "retriever":
+            for other in ("encoder", "captioner", "reasoner"):
+                env[f"CIR_RETRIEVER_{other.upper()}_ADDRESS"] = f"127.0.0.1:{ports[other]}"
+            env.setdefault("CIR_RETRIEVER_STORE_DIR", str(self.workdir / "collections"))
+        if name == "reasoner":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        return env
+
+    def start_service(self, name: str, ports: dict[str, int]) -> ServiceProcess:
+        module, _, _ = SERVICES[name]
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=self.environment(name, ports),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the children in order
+            )
+        service = ServiceProcess(name, ports[name], process, log_path)
+        self.processes[name] = service
+        return service
+
+    def wait_serving(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for name, service in self.processes.items():
+            _, grpc_name, _ = SERVICES[name]
+            with grpc.insecure_channel(service.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    if service.process.poll() is not None:
+                        code = service.process.returncode
+                        raise SuiteError(f"{name} exited with code {code}; its log:\n{service.log_tail()}")
+                    try:
+                        status = stub.Check(
+                            health_pb2.HealthCheckRequest(service=grpc_name), timeout=1
+                        ).status
+                        if status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.RpcError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise SuiteError(
+                            f"{name} was not SERVING after {timeout_s:.0f} s; its log:\n{service.log_tail()}"
+                        )
+                    time.sleep(0.2)
+
+    def stop_service(self, name: str, grace_s: float = 20.0) -> None:
+        service = self.processes.pop(name, None)
+        if service is None:
+            return
+        service.process.send_signal(signal.SIGTERM)
+        try:
+            service.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait(timeout=10)
+        # Whatever the service started (e.g. engine worker processes) goes with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGKILL)
+
+    def kill_service(self, name: str) -> None:
+        """Simulates a crash: SIGKILL to the service and everything it started."""
+        service = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        # The retriever first: it drains its in-flight searches while the model services still answer.
+        for name in ("retriever", "encoder", "captioner", "reasoner"):
+            self.stop_service(name)
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None

@@ -1,0 +1,164 @@
+"""Client-side helpers for the retriever's public API: index a folder, run a search, print results.
+
+Used by the `cir index`, `cir search` and `cir demo` commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from cir.common.v1 import common_pb2
+from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+STRATEGIES = {
+    name.removeprefix("STRATEGY_").lower(): value
+    for name, value in retriever_pb2.Strategy.items()
+    if value != retriever_pb2.STRATEGY_UNSPECIFIED
+}
+PRESETS = {
+    name.removeprefix("PRESET_").lower(): value
+    for name, value in retriever_pb2.Preset.items()
+    if value != retriever_pb2.PRESET_UNSPECIFIED
+}
+
+
+def connect(address: str) -> retriever_pb2_grpc.RetrieverServiceStub:
+    channel = grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    return retriever_pb2_grpc.RetrieverServiceStub(channel)
+
+
+def image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_id(folder: Path, path: Path) -> str:
+    """The id of a gallery file: its path under the folder, without the suffix."""
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
+@dataclass
+class IndexSummary:
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def index_folder(
+    stub: retriever_pb2_grpc.RetrieverServiceStub,
+    collection: str,
+    folder: Path,
+    on_progress: Callable[[retriever_pb2.IngestProgress, int], None] | None = None,
+) -> IndexSummary:
+    files = image_files(folder)
+
+    def requests() -> Iterator[retriever_pb2.IngestImagesRequest]:
+        for path in files:
+            yield retriever_pb2.IngestImagesRequest(
+                collection=collection,
+                image=retriever_pb2.GalleryImage(
+                    id=image_id(folder, path),
+                    image=common_pb2.Image(data=path.read_bytes()),
+                    uri=path.resolve().as_uri(),
+                ),
+            )
+
+    summary = IndexSummary(total=len(files))
+    for event in stub.IngestImages(requests()):
+        if event.HasField("item"):
+            status = enum_label(retriever_pb2.ItemStatus, event.item.status, "ITEM_STATUS_")
+            summary.counts[status] = summary.counts.get(status, 0) + 1
+            if event.item.status == retriever_pb2.ITEM_STATUS_FAILED:
+                summary.failures.append(
+                    (event.item.id, f"{event.item.error_code}: {event.item.error_message}")
+                )
+        elif on_progress is not None:
+            on_progress(event.progress, len(files))
+    return summary
+
+
+def progress_bar(progress: retriever_pb2.IngestProgress, total: int) -> None:
+    done = progress.indexed + progress.unchanged + progress.replaced + progress.failed
+    width = 30
+    filled = int(width * done / max(total, 1))
+    line = (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  indexed {progress.indexed}  "
+        f"unchanged {progress.unchanged}  replaced {progress.replaced}  failed {progress.failed}"
+    )
+    end = "\r" if sys.stderr.isatty() and done < total else "\n"
+    print(line, end=end, file=sys.stderr, flush=True)
+
+
+def search_request(
+    collection: str,
+    text: str,
+    *,
+    image: Path | None = None,
+    reference_id: str | None = None,
+    strategy: str = "cvsi",
+    preset: str = "circo",
+    top_k: int = 10,
+    explain: bool = False,
+) -> retriever_pb2.SearchRequest:
+    request = retriever_pb2.SearchRequest(
+        collection=collection,
+        modification_text=text,
+        strategy=STRATEGIES[strategy],
+        preset=PRESETS[preset],
+        top_k=top_k,
+        explain=explain,
+    )
+    if image is not None:
+        request.reference_image.data = image.read_bytes()
+    elif reference_id is not None:
+        request.reference_id = reference_id
+    return request
+
+
+def enum_label(enum: object, value: int, prefix: str) -> str:
+    """`STRATEGY_CVSI` -> `cvsi`: the short lowercase name users type."""
+    return enum.Name(value).removeprefix(prefix).lower()  # type: ignore[attr-defined]
+
+
+def format_response(response: retriever_pb2.SearchResponse) -> str:
+    resolved = response.resolved
+    lines = [
+        f"strategy {enum_label(retriever_pb2.Strategy, resolved.strategy, 'STRATEGY_')}, "
+        f"preset {enum_label(retriever_pb2.Preset, resolved.preset, 'PRESET_')}, "
+        f"alpha {resolved.alpha:.2f} beta {resolved.beta:.2f} gamma {resolved.gamma:.2f}, "
+        f"score {enum_label(retriever_pb2.ScoreFunction, resolved.score_function, 'SCORE_FUNCTION_')}"
+    ]
+    for rank, hit in enumerate(response.hits, start=1):
+        lines.append(f"{rank:3d}. {hit.score:+.4f}  {hit.id}")
+    explanation = response.explanation
+    if explanation.captions or explanation.fine_grained_prompt:
+        lines.append("explanation:")
+        if explanation.captions:
+            more = " ..." if len(explanation.captions) > 3 else ""
+            lines.append(f"  captions: {'; '.join(explanation.captions[:3])}{more}")
+        for text, outcome in zip(explanation.edited_captions, explanation.edit_outcomes, strict=False):
+            lines.append(f"  edited caption: {text}  [{outcome}]")
+        if explanation.objects_outcome:
+            lines.append(f"  added objects: {explanation.added_objects!r}  [{explanation.objects_outcome}]")
+        if explanation.fine_grained_prompt:
+            lines.append(f"  prompt: {explanation.fine_grained_prompt}")
+    for degradation in response.degradations:
+        lines.append(f"  DEGRADED {degradation.stage}: {degradation.reason} -> {degradation.effect}")
+    timings = ", ".join(f"{t.stage} {t.milliseconds:.0f} ms" for t in response.timings)
+    lines.append(f"  timings: {timings}")
+    return "\n".join(lines)

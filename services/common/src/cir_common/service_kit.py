@@ -1,0 +1,104 @@
+"""Pieces every service's servicer uses: request limits, image intake, stage timings, the process entry."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cir.common.v1 import common_pb2
+from cir_common.config import ServiceSettings
+from cir_common.errors import ConfigError, InvalidArgument, ResourceExhausted
+from cir_common.images import DecodedImage, ImageLimits, decode_image, resolve_image_source
+from cir_common.request_context import configure_logging
+from cir_common.server import ServiceHost
+
+
+def require_items(items: Sequence[Any], field: str, limit: int, setting: str) -> None:
+    """An empty list is INVALID_ARGUMENT; one over `limit` is RESOURCE_EXHAUSTED naming the setting."""
+    if not items:
+        raise InvalidArgument(f"{field} is empty: send at least one item")
+    if len(items) > limit:
+        raise ResourceExhausted(
+            f"{field} has {len(items)} items, over the limit of {limit} per request ({setting}); "
+            "split the request"
+        )
+
+
+def image_limits(settings: ServiceSettings) -> ImageLimits:
+    return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
+async def decode_request_images(
+    images: Sequence[common_pb2.Image], settings: ServiceSettings, field: str = "images"
+) -> list[DecodedImage]:
+    """Reads and decodes every image of a request off the event loop; the first bad one fails the call."""
+    limits = image_limits(settings)
+    roots = [Path(root) for root in settings.image_uri_roots]
+
+    def decode_all() -> list[DecodedImage]:
+        decoded = []
+        for index, image in enumerate(images):
+            label = f"{field}[{index}]"
+            data = resolve_image_source(image, roots, max_bytes=limits.max_bytes, label=label)
+            decoded.append(decode_image(data, limits, label=label))
+        return decoded
+
+    return await asyncio.to_thread(decode_all)
+
+
+class StageTimer:
+    """Collects wall-clock time per named stage for the response's `timings`."""
+
+    def __init__(self) -> None:
+        self._stages: list[tuple[str, float]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._stages.append((name, (time.perf_counter() - started) * 1000.0))
+
+    def record(self, name: str, milliseconds: float) -> None:
+        self._stages.append((name, milliseconds))
+
+    def as_protos(self) -> list[common_pb2.StageTiming]:
+        return [common_pb2.StageTiming(stage=name, milliseconds=ms) for name, ms in self._stages]
+
+
+def run_service(
+    *,
+    display_name: str,
+    service_name: str,
+    settings_loader: Callable[[], ServiceSettings],
+    build: Callable[[ServiceSettings, ServiceHost], Callable[[], Awaitable[None]]],
+) -> int:
+    """Process entry point: load settings, start the server, load the model, serve until SIGTERM.
+
+    `build` registers the servicer on `host.server` and returns the coroutine function that loads
+    the model; health turns SERVING when it returns.
+    """
+    try:
+        settings = settings_loader()
+    except ConfigError as error:
+        print(f"{display_name}: configuration error: {error.message}", file=sys.stderr)
+        return 2
+    configure_logging(display_name, settings.log_level)
+
+    async def main() -> None:
+        host = ServiceHost([service_name], settings, display_name)
+        load = build(settings, host)
+        await host.run(load)
+
+    try:
+        asyncio.run(main())
+    except ConfigError as error:
+        print(f"{display_name}: cannot start: {error.message}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,30 @@
+"""`python -m cir_encoder`: run the encoder service."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+
+from cir.encoder.v1 import encoder_pb2_grpc
+from cir_common.server import ServiceHost
+from cir_common.service_kit import run_service
+from cir_encoder.service import EncoderServicer
+from cir_encoder.settings import EncoderSettings, load_encoder_settings
+
+SERVICE_NAME = "cir.encoder.v1.EncoderService"
+
+
+def _build(settings: EncoderSettings, host: ServiceHost) -> Callable[[], Awaitable[None]]:
+    servicer = EncoderServicer(settings)
+    encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, host.server)
+    return servicer.load
+
+
+def main() -> int:
+    return run_service(
+        display_name="encoder", service_name=SERVICE_NAME, settings_loader=load_encoder_settings, build=_build
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

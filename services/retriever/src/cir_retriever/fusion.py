@@ -1,0 +1,196 @@
+"""The vector arithmetic of CVSI and its relatives (method.md sections 3 and 4), as pure numpy functions.
+
+One function per equation. Inputs named as in method.md: `q_v`, `q_m`, `q_f` (query side),
+`t_v`, `t_c` (gallery side). Unless a name says `raw`, vectors are L2-normalised CLIP features.
+Matrices hold one row per item. Used by the search service and by the evaluation tooling alike.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+
+_EPS = 1e-12
+
+
+class ScoreFunction(StrEnum):
+    DOT = "dot"  # released code: q . t on the unnormalised sums
+    COSINE = "cosine"  # paper, Eq. 10
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """L2-normalise along the last axis (rows of a matrix)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
+
+
+# --- CVSI, query side (method.md 3.1) -------------------------------------------------------------
+
+
+def edited_caption_feature(edited_caption_features: np.ndarray) -> np.ndarray:
+    """q_m = mean_i normalize(f_t(c^M_i)); one edited caption (joined mode) gives its own feature."""
+    return normalize(np.atleast_2d(edited_caption_features)).mean(axis=0)
+
+
+def fine_grained_prompt(modification_text: str, added_objects: str) -> str:
+    """F_G, the exact string of the released code; `$` is where Phi's pseudo token goes."""
+    return "a photo of $ that " + modification_text + ". And the photo should have " + added_objects + "."
+
+
+def cvsi_query(q_m: np.ndarray, q_f: np.ndarray, q_v: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """Eq. 8: q = alpha*q_m + beta*q_f + (1 - alpha - beta)*q_v, not renormalised."""
+    return alpha * q_m + beta * q_f + (1.0 - alpha - beta) * q_v
+
+
+# --- CVSI, gallery side (method.md 3.2) -----------------------------------------------------------
+
+
+def caption_feature(caption_features: np.ndarray, renormalize: bool) -> np.ndarray:
+    """t_c = mean_j normalize(f_t(c^T_j)) over one image's (N, d) captions; renormalised for FashionIQ."""
+    mean = normalize(caption_features).mean(axis=0)
+    return normalize(mean) if renormalize else mean
+
+
+def cvsi_gallery(t_c: np.ndarray, t_v: np.ndarray, gamma: float) -> np.ndarray:
+    """Eq. 9: t = gamma*t_c + (1 - gamma)*t_v, not renormalised (rows: gallery images)."""
+    return gamma * t_c + (1.0 - gamma) * t_v
+
+
+# --- Scoring (method.md 3.3) ----------------------------------------------------------------------
+
+
+def searchable_gallery(t: np.ndarray, score: ScoreFunction) -> np.ndarray:
+    """The vectors an inner-product index holds so that `q . row` ranks as `score` does.
+
+    dot: t itself. cosine: t / |t| (|q| is the same for every row of one query: it cannot change the order).
+    """
+    return t if score is ScoreFunction.DOT else normalize(t)
+
+
+def cvsi_scores(q: np.ndarray, t: np.ndarray, score: ScoreFunction) -> np.ndarray:
+    """Eq. 10 (cosine) or the released code's dot product, for one query against every gallery row."""
+    raw = t @ q
+    if score is ScoreFunction.DOT:
+        return raw
+    return raw / np.maximum(np.linalg.norm(t, axis=-1) * np.linalg.norm(q), _EPS)
+
+
+def cvsi(
+    q_m: np.ndarray,
+    q_f: np.ndarray,
+    q_v: np.ndarray,
+    t_c: np.ndarray,
+    t_v: np.ndarray,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    score: ScoreFunction,
+) -> np.ndarray:
+    """CVSI Eq. 8-10 in one place: one query's scores against every gallery row."""
+    q = cvsi_query(q_m, q_f, q_v, alpha, beta)  # Eq. 8
+    t = cvsi_gallery(t_c, t_v, gamma)  # Eq. 9
+    return cvsi_scores(q, t, score)  # Eq. 10 (cosine) or the released dot product
+
+
+# --- Baselines and textual inversion (method.md 4) ------------------------------------------------
+
+
+def captioning_text(first_caption: str, modification_text: str) -> str:
+    """The captioning baseline's query text: the first caption, a space, the modification text."""
+    return first_caption + " " + modification_text
+
+
+def textual_inversion_prompt(modification_text: str) -> str:
+    """Pic2Word / SEARLE / LinCIR query prompt; `$` is where the pseudo token goes."""
+    return "a photo of $ that " + modification_text
+
+
+# --- LDRE (method.md 4) ---------------------------------------------------------------------------
+
+
+def ldre_mean_query(raw_edit_features: np.ndarray) -> np.ndarray:
+    """LDRE, CIRR form: normalize(mean_i f_t(c^M_i)) over the raw (unnormalised) edited-caption features."""
+    return normalize(np.atleast_2d(raw_edit_features).mean(axis=0))
+
+
+def ldre_weighted_query(edit_features: np.ndarray, slot_weights: np.ndarray) -> np.ndarray:
+    """LDRE, CIRCO form: sum_i w_i normalize(f_t(c^M_i))."""
+    return (slot_weights[:, None] * normalize(edit_features)).sum(axis=0)
+
+
+def ldre_adaptive_weights(
+    edited: np.ndarray, original: np.ndarray, gallery: np.ndarray, top: int = 5, temperature: float = 0.04
+) -> np.ndarray:
+    """LDRE's global slot weights over a set of queries.
+
+    edited, original: (queries, slots, d) normalised features of edited and original captions; gallery:
+    (n, d) normalised image features. D = -min(G_i I^T - B_i I^T, 0); each slot's score s_i sums the top
+    `top` values of D per query over all queries; w = softmax(s / max(s) / temperature).
+    """
+    gain = np.einsum("qsd,nd->qsn", edited, gallery) - np.einsum("qsd,nd->qsn", original, gallery)
+    drop = -np.minimum(gain, 0.0)
+    top_values = -np.sort(-drop, axis=-1)[..., :top]
+    slot_scores = top_values.sum(axis=(0, 2))
+    logits = slot_scores / max(float(slot_scores.max()), _EPS) / temperature
+    logits -= logits.max()
+    weights = np.exp(logits)
+    return weights / weights.sum()
+
+
+# --- WeiMoCIR (method.md 4.1) ---------------------------------------------------------------------
+
+
+def weimocir_fuse(raw_v: np.ndarray, raw_t: np.ndarray, a: float) -> np.ndarray:
+    """fuse(v, t) = normalize((1 - a)*v + a*t) on raw projected CLIP features."""
+    return normalize((1.0 - a) * raw_v + a * raw_t)
+
+
+def weimocir_coded_query(
+    raw_reference_image: np.ndarray,
+    raw_reference_captions: np.ndarray,
+    raw_text: np.ndarray,
+    a: float,
+    b: float,
+) -> np.ndarray:
+    """The released code's R+1 query vectors, weighted and concatenated for one inner-product search.
+
+    score(n) = b * mean_k q_k . normalize(C_k[n]) + (1 - b) * q_img . normalize(V[n]), with
+    q_k = fuse(C_k[ref], T) and q_img = fuse(V[ref], T); so the query is
+    [b/R q_1, ..., b/R q_R, (1 - b) q_img] against the gallery's `weimocir_coded_gallery` rows.
+    """
+    slots = raw_reference_captions.shape[0]
+    caption_queries = weimocir_fuse(raw_reference_captions, raw_text[None, :], a) * (b / slots)
+    image_query = weimocir_fuse(raw_reference_image, raw_text, a) * (1.0 - b)
+    return np.concatenate([caption_queries.reshape(-1), image_query])
+
+
+def weimocir_coded_gallery(raw_caption_slots: np.ndarray, t_v: np.ndarray) -> np.ndarray:
+    """Rows [normalize(C_1[n]), ..., normalize(C_R[n]), t_v[n]]; raw_caption_slots is (n, R, d)."""
+    n = raw_caption_slots.shape[0]
+    return np.concatenate([normalize(raw_caption_slots).reshape(n, -1), t_v], axis=1)
+
+
+def weimocir_coded_scores(
+    raw_reference_image: np.ndarray,
+    raw_reference_captions: np.ndarray,
+    raw_text: np.ndarray,
+    raw_caption_slots: np.ndarray,
+    t_v: np.ndarray,
+    a: float,
+    b: float,
+) -> np.ndarray:
+    """The coded form written out term by term (for checks): b * mean_k s_k(n) + (1 - b) * s_img(n)."""
+    per_slot = [
+        normalize(raw_caption_slots[:, k]) @ weimocir_fuse(raw_reference_captions[k], raw_text, a)
+        for k in range(raw_reference_captions.shape[0])
+    ]
+    s_img = t_v @ weimocir_fuse(raw_reference_image, raw_text, a)
+    return b * np.mean(per_slot, axis=0) + (1.0 - b) * s_img
+
+
+def weimocir_paper_gallery(raw_caption_slots: np.ndarray, t_v: np.ndarray, b: float) -> np.ndarray:
+    """The slides' form: (1 - b) sim(q, v_n) + b mean_r sim(q, t_{n,r}), which is q . this row.
+
+    Rows: (1 - b) t_v + b mean_r normalize(t_{n,r}); q is normalised, so each sim is an inner product.
+    """
+    return (1.0 - b) * t_v + b * normalize(raw_caption_slots).mean(axis=1)

@@ -1,0 +1,213 @@
+"""Every strategy of method.md 4 as: what it needs computed, and how its query and gallery vectors are made.
+
+The service computes the `QueryInputs` a strategy asks for (`requirements`), then `compose_query`
+turns them into one query vector and the `GallerySpec` of the precomputed gallery matrix it is
+searched against (an inner-product search). The arithmetic itself lives in `fusion`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from cir_retriever import fusion
+from cir_retriever.fusion import ScoreFunction, normalize
+
+
+class StrategyName(StrEnum):
+    IMAGE_ONLY = "image_only"
+    TEXT_ONLY = "text_only"
+    CAPTIONING = "captioning"
+    PIC2WORD = "pic2word"
+    SEARLE = "searle"
+    LINCIR = "lincir"
+    CIREVL = "cirevl"
+    LDRE = "ldre"
+    WEIMOCIR = "weimocir"
+    CVSI = "cvsi"
+
+
+class EditMode(StrEnum):
+    PER_CAPTION = "per_caption"
+    JOINED = "joined"
+
+
+class CaptionSelection(StrEnum):
+    FIRST = "first"
+    ALL_JOINED = "all_joined"
+
+
+class WeiMoCirVariant(StrEnum):
+    CODED = "coded"
+    PAPER = "paper"
+
+
+TEXTUAL_INVERSION = {StrategyName.PIC2WORD, StrategyName.SEARLE, StrategyName.LINCIR}
+
+DESCRIPTIONS: dict[StrategyName, str] = {
+    StrategyName.IMAGE_ONLY: "reference image embedding against gallery images (baseline)",
+    StrategyName.TEXT_ONLY: "modification text embedding against gallery images (baseline)",
+    StrategyName.CAPTIONING: "first caption + modification text, embedded as one text (baseline)",
+    StrategyName.PIC2WORD: "'a photo of $ that <text>' with Pic2Word's mapping network",
+    StrategyName.SEARLE: "'a photo of $ that <text>' with SEARLE's mapping network",
+    StrategyName.LINCIR: "'a photo of $ that <text>' with LinCIR's mapping network",
+    StrategyName.CIREVL: "one LLM-edited caption (from the first caption) against gallery images",
+    StrategyName.LDRE: "ensemble of per-caption LLM edits against gallery images",
+    StrategyName.WEIMOCIR: "weighted image/text fusion against image and caption features",
+    StrategyName.CVSI: "edited captions + fine-grained pseudo-token prompt + image vs images + captions",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Weights and variants after the preset and the caller's overrides were applied."""
+
+    alpha: float
+    beta: float
+    gamma: float
+    weimocir_a: float
+    weimocir_b: float
+    caption_features_renormalized: bool
+    edit_mode: EditMode
+    objects_caption_selection: CaptionSelection
+    score: ScoreFunction
+    weimocir_variant: WeiMoCirVariant
+    edit_template: str
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What the query pipeline must compute for a strategy."""
+
+    captions: bool = False
+    text_embedding: bool = False
+    captioning_text: bool = False
+    pseudo_prompt: str | None = None  # mapping-network name; "" = the encoder's default; None = not needed
+    edits: EditMode | None = None
+    edit_first_caption_only: bool = False
+    objects: bool = False
+
+
+def requirements(strategy: StrategyName, options: Options) -> Requirements:
+    if strategy is StrategyName.IMAGE_ONLY:
+        return Requirements()
+    if strategy is StrategyName.TEXT_ONLY:
+        return Requirements(text_embedding=True)
+    if strategy is StrategyName.CAPTIONING:
+        return Requirements(captions=True, captioning_text=True)
+    if strategy in TEXTUAL_INVERSION:
+        return Requirements(pseudo_prompt=strategy.value)
+    if strategy is StrategyName.CIREVL:
+        return Requirements(captions=True, edits=EditMode.PER_CAPTION, edit_first_caption_only=True)
+    if strategy is StrategyName.LDRE:
+        return Requirements(captions=True, edits=EditMode.PER_CAPTION)
+    if strategy is StrategyName.WEIMOCIR:
+        return Requirements(captions=True, text_embedding=True)
+    # "" = the encoder's default mapping network (LinCIR in the CVSI profiles)
+    return Requirements(captions=True, edits=options.edit_mode, objects=True, pseudo_prompt="")
+
+
+class GalleryKind(StrEnum):
+    IMAGE = "image"  # t_v
+    CVSI = "cvsi"  # gamma*t_c + (1-gamma)*t_v, then as the score function needs
+    WEIMOCIR_CODED = "weimocir_coded"  # [normalize(C_1..C_R), t_v]
+    WEIMOCIR_PAPER = "weimocir_paper"  # (1-b)*t_v + b*mean_r normalize(C_r)
+
+
+@dataclass(frozen=True)
+class GallerySpec:
+    """Identifies one precomputed gallery matrix; hashable so indexes can be cached by it."""
+
+    kind: GalleryKind
+    gamma: float = 0.0
+    caption_features_renormalized: bool = False
+    score: ScoreFunction = ScoreFunction.DOT
+    weimocir_b: float = 0.0
+
+
+@dataclass
+class QueryInputs:
+    """Raw (unnormalised) features of one query; None where not computed or not available."""
+
+    image: np.ndarray
+    text: np.ndarray | None = None
+    captioning_text: np.ndarray | None = None
+    pseudo_prompt: np.ndarray | None = None
+    edits: np.ndarray | None = None  # (M, d)
+    caption_slots: np.ndarray | None = None  # (R, d): the reference's first R caption features
+
+
+def compose_query(
+    strategy: StrategyName, inputs: QueryInputs, options: Options
+) -> tuple[np.ndarray, GallerySpec]:
+    """The query vector and the gallery it is searched against. Missing LLM/caption parts must be filled
+    with their fallbacks by the caller before this point; a missing required input raises ValueError."""
+    image = GallerySpec(GalleryKind.IMAGE)
+    if strategy is StrategyName.IMAGE_ONLY:
+        return normalize(inputs.image), image
+    if strategy is StrategyName.TEXT_ONLY:
+        return normalize(_required(inputs.text, "text")), image
+    if strategy is StrategyName.CAPTIONING:
+        return normalize(_required(inputs.captioning_text, "captioning_text")), image
+    if strategy in TEXTUAL_INVERSION:
+        return normalize(_required(inputs.pseudo_prompt, "pseudo_prompt")), image
+    if strategy is StrategyName.CIREVL:
+        return normalize(_required(inputs.edits, "edits")[0]), image
+    if strategy is StrategyName.LDRE:
+        return fusion.ldre_mean_query(_required(inputs.edits, "edits")), image
+    if strategy is StrategyName.WEIMOCIR:
+        return _weimocir(inputs, options)
+    q = fusion.cvsi_query(
+        q_m=fusion.edited_caption_feature(_required(inputs.edits, "edits")),
+        q_f=normalize(_required(inputs.pseudo_prompt, "pseudo_prompt")),
+        q_v=normalize(inputs.image),
+        alpha=options.alpha,
+        beta=options.beta,
+    )
+    spec = GallerySpec(GalleryKind.CVSI, options.gamma, options.caption_features_renormalized, options.score)
+    # For cosine the gallery rows are t/|t|; scaling q to unit length makes q . row the cosine itself.
+    return (normalize(q) if options.score is ScoreFunction.COSINE else q), spec
+
+
+def _weimocir(inputs: QueryInputs, options: Options) -> tuple[np.ndarray, GallerySpec]:
+    text = _required(inputs.text, "text")
+    a, b = options.weimocir_a, options.weimocir_b
+    if options.weimocir_variant is WeiMoCirVariant.PAPER:
+        return fusion.weimocir_fuse(inputs.image, text, a), GallerySpec(
+            GalleryKind.WEIMOCIR_PAPER, weimocir_b=b
+        )
+    slots = _required(inputs.caption_slots, "caption_slots")
+    return fusion.weimocir_coded_query(inputs.image, slots, text, a, b), GallerySpec(
+        GalleryKind.WEIMOCIR_CODED
+    )
+
+
+def _required(value: np.ndarray | None, name: str) -> np.ndarray:
+    if value is None:
+        raise ValueError(f"the query input {name!r} was not computed")
+    return value
+
+
+@dataclass(frozen=True)
+class GalleryFeatures:
+    """What the store keeps per image, as matrices over the whole collection."""
+
+    t_v: np.ndarray  # (n, d) normalised image features
+    caption_mean: np.ndarray  # (n, d) mean of normalised caption features, not renormalised
+    caption_slots: np.ndarray  # (n, R, d) raw features of the first R captions
+
+
+def gallery_matrix(spec: GallerySpec, features: GalleryFeatures) -> np.ndarray:
+    """The matrix a strategy's query is searched against (row n scores image n)."""
+    if spec.kind is GalleryKind.IMAGE:
+        return features.t_v
+    if spec.kind is GalleryKind.CVSI:
+        t_c = features.caption_mean
+        if spec.caption_features_renormalized:
+            t_c = normalize(t_c)
+        return fusion.searchable_gallery(fusion.cvsi_gallery(t_c, features.t_v, spec.gamma), spec.score)
+    if spec.kind is GalleryKind.WEIMOCIR_CODED:
+        return fusion.weimocir_coded_gallery(features.caption_slots, features.t_v)
+    return fusion.weimocir_paper_gallery(features.caption_slots, features.t_v, spec.weimocir_b)
