@@ -1,0 +1,126 @@
+"""`cir models tiny`: build the pack of tiny random models and the profile that points the services at it.
+
+Each service package owns the builder of its own model; this module only calls them and writes
+`profile.toml`. The builders are imported when called, so cir_common stays importable without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PROFILE_NAME = "profile.toml"
+PROFILE_HEADER = "# Tiny random models: the wiring is real, the weights are random (rankings mean nothing).\n"
+TINY_SEED = 0
+
+
+def build_tiny_pack(out_dir: Path, echo: Callable[[str], None] | None = print) -> Path:
+    """Build the tiny CLIP + Phi, BLIP-2 and LLM under `out_dir`; return the path of the profile written.
+
+    `echo` receives one line per file written (the CLI prints them); None keeps it quiet.
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = _import("cir_encoder.tiny", "cir-encoder", "services/encoder")
+    captioner = _import("cir_captioner.tiny", "cir-captioner", "services/captioner")
+    reasoner = _import("cir_reasoner.tiny", "cir-reasoner", "services/reasoner")
+
+    encoder_files = encoder.build_tiny_encoder(out_dir / "encoder", seed=TINY_SEED)
+    blip2_dir = captioner.build_tiny_blip2(out_dir / "captioner" / "blip2-tiny", seed=TINY_SEED)
+    llm_dir = reasoner.build_tiny_llm(out_dir / "reasoner" / "llm-tiny", seed=TINY_SEED)
+
+    profile: dict[str, dict[str, str | int]] = {
+        "encoder": {
+            "clip_model": encoder.TINY_CLIP_NAME,
+            "clip_pretrained": str(encoder_files.checkpoint),
+            "clip_config_dir": str(encoder_files.config_dir),
+            "default_mapping_network": "lincir",
+        },
+        "encoder.mapping_networks": {"lincir": str(encoder_files.phi)},
+        "captioner": {"model": str(blip2_dir)},
+        "reasoner": {
+            "backend": "vllm",
+            "model": str(llm_dir),
+            "max_model_len": int(reasoner.TINY_LLM_CONTEXT),
+        },
+    }
+    profile_path = out_dir / PROFILE_NAME
+    profile_path.write_text(PROFILE_HEADER + render_toml(profile), encoding="utf-8")
+    if echo is not None:
+        for line in describe_files(out_dir):
+            echo(line)
+    return profile_path
+
+
+def describe_files(root: Path) -> list[str]:
+    """One line per file under `root`: its path relative to `root` and its size."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [f"wrote {p.relative_to(root)} ({_size(p.stat().st_size)})" for p in files] + [f"pack: {root}"]
+
+
+def _size(num_bytes: int) -> str:
+    if num_bytes < 1024:
+        return f"{num_bytes} B"
+    size = num_bytes / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def render_toml(tables: dict[str, dict[str, str | int]]) -> str:
+    """TOML text for flat tables of string and integer values (all a profile needs)."""
+    blocks = []
+    for table, values in tables.items():
+        lines = [f"[{table}]"]
+        lines.extend(f"{_toml_key(key)} = {_toml_value(value)}" for key, value in values.items())
+        blocks.append("\n".join(lines) + "\n")
+    return "".join(blocks)
+
+
+def _toml_key(key: str) -> str:
+    if key and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in key):
+        return key
+    return _toml_string(key)
+
+
+def _toml_value(value: str | int) -> str:
+    # bool is an int subclass; TOML would need true/false, and no profile value is a bool.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"profile values are strings or integers, not {type(value).__name__}")
+    return str(value) if isinstance(value, int) else _toml_string(value)
+
+
+def _toml_string(text: str) -> str:
+    escaped = []
+    for ch in text:
+        if ch == "\\":
+            escaped.append("\\\\")
+        elif ch == '"':
+            escaped.append('\\"')
+        elif ch == "\n":
+            escaped.append("\\n")
+        elif ch == "\t":
+            escaped.append("\\t")
+        elif ch == "\r":
+            escaped.append("\\r")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            escaped.append(f"\\u{ord(ch):04X}")
+        else:
+            escaped.append(ch)
+    return '"' + "".join(escaped) + '"'
+
+
+def _import(module: str, distribution: str, source: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module.startswith(error.name):
+            raise RuntimeError(
+                f"building the tiny pack needs the {distribution} package, which is not installed "
+                f"(pip install -e {source}, or scripts/install-dev.sh)"
+            ) from error
+        raise

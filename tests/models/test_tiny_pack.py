@@ -1,0 +1,99 @@
+"""The pack layout and its profile.toml."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cir_common.tiny_pack import PROFILE_HEADER, build_tiny_pack, render_toml
+
+
+def test_profile_points_at_existing_absolute_files(tiny_pack: Path, tiny_profile: dict[str, Any]) -> None:
+    assert tiny_pack.read_text(encoding="utf-8").startswith(PROFILE_HEADER)
+    encoder = tiny_profile["encoder"]
+    assert encoder["clip_model"] == "cir-tiny-clip"
+    assert encoder["default_mapping_network"] == "lincir"
+    assert tiny_profile["reasoner"]["backend"] == "vllm"
+    assert tiny_profile["reasoner"]["max_model_len"] == 8192
+    files = [encoder["clip_pretrained"], encoder["mapping_networks"]["lincir"]]
+    folders = [
+        encoder["clip_config_dir"],
+        tiny_profile["captioner"]["model"],
+        tiny_profile["reasoner"]["model"],
+    ]
+    for name in files:
+        assert Path(name).is_absolute() and Path(name).is_file(), name
+    for name in folders:
+        assert Path(name).is_absolute() and Path(name).is_dir(), name
+    assert (Path(encoder["clip_config_dir"]) / "cir-tiny-clip.json").is_file()
+
+
+def test_render_toml_escapes_strings_for_a_toml_reader() -> None:
+    awkward = 'C:\\models\\"quoted"\nline\ttab \u00e9'
+    text = render_toml({"a": {"path": awkward, "n": 7}, "a.b": {"key with space": "x"}})
+    assert tomllib.loads(text) == {"a": {"path": awkward, "n": 7, "b": {"key with space": "x"}}}
+
+
+def test_render_toml_refuses_values_it_cannot_write() -> None:
+    with pytest.raises(TypeError):
+        render_toml({"a": {"flag": True}})
+
+
+def test_missing_service_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # None in sys.modules makes the import fail exactly as for an uninstalled package.
+    monkeypatch.setitem(sys.modules, "cir_captioner.tiny", None)
+    with pytest.raises(RuntimeError, match="cir-captioner"):
+        build_tiny_pack(tmp_path, echo=None)
+
+
+def test_echo_lists_every_file_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Builders stubbed: this checks the listing only; the real builds are covered by the session pack.
+    import cir_captioner.tiny
+    import cir_encoder.tiny
+    import cir_reasoner.tiny
+
+    def fake_folder(out_dir: Path, seed: int = 0) -> Path:
+        out_dir.mkdir(parents=True)
+        (out_dir / "model.safetensors").write_bytes(b"x" * 2048)
+        return out_dir
+
+    def fake_encoder(out_dir: Path, seed: int = 0) -> cir_encoder.tiny.TinyEncoderFiles:
+        fake_folder(out_dir)
+        return cir_encoder.tiny.TinyEncoderFiles(
+            out_dir, out_dir / "model.safetensors", out_dir / "model.safetensors"
+        )
+
+    monkeypatch.setattr(cir_encoder.tiny, "build_tiny_encoder", fake_encoder)
+    monkeypatch.setattr(cir_captioner.tiny, "build_tiny_blip2", fake_folder)
+    monkeypatch.setattr(cir_reasoner.tiny, "build_tiny_llm", fake_folder)
+    lines: list[str] = []
+    profile = build_tiny_pack(tmp_path, echo=lines.append)
+    assert "wrote profile.toml" in " ".join(lines)
+    assert "wrote captioner/blip2-tiny/model.safetensors (2.0 KiB)" in lines
+    assert lines[-1] == f"pack: {tmp_path.resolve()}"
+    assert profile == tmp_path.resolve() / "profile.toml"
+
+
+def test_common_modules_import_without_ml_packages() -> None:
+    # cir_common is installed beside services without torch/transformers; these modules must not need them.
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'tokenizers', 'transformers', 'open_clip'):\n"
+        "    sys.modules[name] = None\n"
+        "import cir_common.tiny_tokenizer, cir_common.tiny_pack\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_encoder_part_is_reproducible(tmp_path: Path) -> None:
+    from cir_encoder.tiny import build_tiny_encoder
+
+    first = build_tiny_encoder(tmp_path / "a", seed=0)
+    second = build_tiny_encoder(tmp_path / "b", seed=0)
+    assert first.checkpoint.read_bytes() == second.checkpoint.read_bytes()
+    assert first.phi.read_bytes() == second.phi.read_bytes()
