@@ -98,7 +98,8 @@ def test_model_info(encoder):
     assert (info.embedding_dim, info.text_width, info.context_length) == (32, 64, 77)
     assert info.placeholder_token_id == 259
     assert info.default_preprocessing == encoder_pb2.PREPROCESSING_TARGETPAD
-    assert {n.name for n in info.mapping_networks} == {"lincir", "placeholder"}
+    assert {n.name for n in info.mapping_networks} == {"lincir", "searle", "pic2word", "placeholder"}
+    assert {n.model.family for n in info.mapping_networks if n.name == "pic2word"} == {"pic2word"}
     assert [n.name for n in info.mapping_networks if n.is_default] == ["lincir"]
     assert info.device == "cpu"
 

@@ -64,9 +64,8 @@ def test_echo_lists_every_file_written(tmp_path: Path, monkeypatch: pytest.Monke
 
     def fake_encoder(out_dir: Path, seed: int = 0) -> cir_encoder.tiny.TinyEncoderFiles:
         fake_folder(out_dir)
-        return cir_encoder.tiny.TinyEncoderFiles(
-            out_dir, out_dir / "model.safetensors", out_dir / "model.safetensors"
-        )
+        weights = out_dir / "model.safetensors"
+        return cir_encoder.tiny.TinyEncoderFiles(out_dir, weights, weights, {"lincir": weights})
 
     monkeypatch.setattr(cir_encoder.tiny, "build_tiny_encoder", fake_encoder)
     monkeypatch.setattr(cir_captioner.tiny, "build_tiny_blip2", fake_folder)

@@ -38,7 +38,9 @@ def build_tiny_pack(out_dir: Path, echo: Callable[[str], None] | None = print) -
             "clip_config_dir": str(encoder_files.config_dir),
             "default_mapping_network": "lincir",
         },
-        "encoder.mapping_networks": {"lincir": str(encoder_files.phi)},
+        "encoder.mapping_networks": {
+            name: str(path) for name, path in encoder_files.mapping_networks.items()
+        },
         "captioner": {"model": str(blip2_dir)},
         "reasoner": {
             "backend": "vllm",

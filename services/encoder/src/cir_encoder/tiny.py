@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cir_encoder.phi import Phi
+from cir_encoder.phi import Phi, Pic2WordMapping
 
 TINY_CLIP_NAME = "cir-tiny-clip"
 TINY_EMBED_DIM = 32
@@ -22,6 +22,8 @@ TINY_TEXT_WIDTH = 64
 TINY_IMAGE_SIZE = 64
 CLIP_CHECKPOINT_NAME = "open_clip_model.safetensors"
 PHI_CHECKPOINT_NAME = "phi-lincir-tiny.pt"
+SEARLE_CHECKPOINT_NAME = "phi-searle-tiny.pt"
+PIC2WORD_CHECKPOINT_NAME = "pic2word-tiny.pt"
 # OpenAI CLIP normalisation, which the real checkpoints use too.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -32,6 +34,7 @@ class TinyEncoderFiles:
     config_dir: Path
     checkpoint: Path
     phi: Path
+    mapping_networks: dict[str, Path]
 
 
 def tiny_clip_config() -> dict[str, Any]:
@@ -92,4 +95,17 @@ def build_tiny_encoder(out_dir: Path, seed: int = 0) -> TinyEncoderFiles:
     phi = Phi(TINY_EMBED_DIM, TINY_TEXT_WIDTH)
     phi_path = phi_dir / PHI_CHECKPOINT_NAME
     torch.save({"Phi": phi.state_dict()}, phi_path)
-    return TinyEncoderFiles(config_dir=clip_dir, checkpoint=checkpoint, phi=phi_path)
+    # One network per textual-inversion strategy, each in its publisher's file format.
+    searle_path = phi_dir / SEARLE_CHECKPOINT_NAME
+    torch.save({"Phi": Phi(TINY_EMBED_DIM, TINY_TEXT_WIDTH).state_dict()}, searle_path)
+    pic2word = Pic2WordMapping(TINY_EMBED_DIM, TINY_TEXT_WIDTH, hidden_dim=64, num_blocks=2)
+    pic2word_path = phi_dir / PIC2WORD_CHECKPOINT_NAME
+    torch.save(
+        {"state_dict_img2text": {f"module.{k}": v for k, v in pic2word.state_dict().items()}}, pic2word_path
+    )
+    return TinyEncoderFiles(
+        config_dir=clip_dir,
+        checkpoint=checkpoint,
+        phi=phi_path,
+        mapping_networks={"lincir": phi_path, "searle": searle_path, "pic2word": pic2word_path},
+    )
