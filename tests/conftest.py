@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from cir_common.local_redis import INSTALL_HINT, RedisProcess, redis_server_binary
 from cir_common.local_redis import start_redis as _start_redis
 

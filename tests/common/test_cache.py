@@ -13,8 +13,6 @@ import uuid
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-from cir_common.local_redis import INSTALL_HINT, RedisStartError, free_port
-from cir_common.local_redis import start_redis as start_redis_process
 
 from cir.common.v1 import common_pb2
 from cir_common.cache import (
@@ -31,6 +29,8 @@ from cir_common.cache import (
     unpack_json,
 )
 from cir_common.errors import ConfigError, InvalidArgument
+from cir_common.local_redis import INSTALL_HINT, RedisStartError, free_port
+from cir_common.local_redis import start_redis as start_redis_process
 from cir_common.vectors import vector_from_proto, vector_to_proto
 
 CACHE_LOGGER = "cir_common.cache"

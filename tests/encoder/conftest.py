@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from cir_common.config import load_settings
 from cir_encoder.clip_loading import LoadedClip, load_clip
 from cir_encoder.settings import ENV_PREFIX, SECTION, EncoderSettings

@@ -9,6 +9,11 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from support.profiles import settings_from_profile
+from support.server_thread import ServerThread
+
 from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir_common.cache import MemoryCache
@@ -18,11 +23,6 @@ from cir_encoder.__main__ import SERVICE_NAME
 from cir_encoder.phi import Phi
 from cir_encoder.service import EncoderServicer, build_engine
 from cir_encoder.settings import ENV_PREFIX, SECTION, EncoderSettings
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
-from support.profiles import settings_from_profile
-from support.server_thread import ServerThread
-
 
 FLOATS = common_pb2.VECTOR_FORMAT_FLOATS
 PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32

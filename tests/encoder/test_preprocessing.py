@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cir_encoder.preprocessing import build_image_transform, pad_to_target_ratio
 from PIL import Image
+
+from cir_encoder.preprocessing import build_image_transform, pad_to_target_ratio
 
 
 def _white(width: int, height: int) -> Image.Image:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from cir_encoder.pseudo_tokens import encode_with_pseudo_tokens, text_tower
 
 PLACEHOLDER_ID = 259

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
+
 from cir_common.config import ServiceSettings
 from cir_common.server import ServiceHost
 

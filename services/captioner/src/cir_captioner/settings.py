@@ -25,6 +25,9 @@ class CaptionerSettings(ServiceSettings):
     max_images_per_request: int = 64
     max_num_captions: int = 64
     max_new_tokens: int = 100
+    # Beams cost memory like captions do; beam_sample's published setting is 15.
+    max_num_beams: int = 64
+    max_prompt_chars: int = 256
     batch_max_images: int = 16
     batch_window_ms: float = 10.0
 

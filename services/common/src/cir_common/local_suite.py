@@ -59,6 +59,7 @@ class LocalSuite:
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     redis: RedisProcess | None = None
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def retriever_address(self) -> str:
@@ -69,15 +70,16 @@ class LocalSuite:
         try:
             if self.use_redis and redis_server_binary() is not None:
                 self.redis = start_redis()
-            ports = {name: free_port() for name in SERVICES}
+            self.ports = {name: free_port() for name in SERVICES}
             for name in names:
-                self.start_service(name, ports)
+                self.start_service(name)
             self.wait_serving(timeout_s)
         except BaseException:
             self.stop()
             raise
 
-    def environment(self, name: str, ports: dict[str, int]) -> dict[str, str]:
+    def environment(self, name: str) -> dict[str, str]:
+        ports = self.ports
         _, _, prefix = SERVICES[name]
         env = {**os.environ, "CIR_PROFILE": str(self.profile), **self.extra_env}
         env[f"{prefix}PORT"] = str(ports[name])
@@ -92,19 +94,20 @@ class LocalSuite:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         return env
 
-    def start_service(self, name: str, ports: dict[str, int]) -> ServiceProcess:
+    def start_service(self, name: str) -> ServiceProcess:
+        """Starts (or restarts) one service on its port; `wait_serving` waits for it."""
         module, _, _ = SERVICES[name]
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", module],
-                env=self.environment(name, ports),
+                env=self.environment(name),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the children in order
             )
-        service = ServiceProcess(name, ports[name], process, log_path)
+        service = ServiceProcess(name, self.ports[name], process, log_path)
         self.processes[name] = service
         return service
 

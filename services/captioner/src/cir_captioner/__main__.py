@@ -1,0 +1,33 @@
+"""`python -m cir_captioner`: run the captioner service."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+
+from cir.captioner.v1 import captioner_pb2_grpc
+from cir_captioner.service import CaptionerServicer
+from cir_captioner.settings import CaptionerSettings, load_captioner_settings
+from cir_common.server import ServiceHost
+from cir_common.service_kit import run_service
+
+SERVICE_NAME = "cir.captioner.v1.CaptionerService"
+
+
+def _build(settings: CaptionerSettings, host: ServiceHost) -> Callable[[], Awaitable[None]]:
+    servicer = CaptionerServicer(settings)
+    captioner_pb2_grpc.add_CaptionerServiceServicer_to_server(servicer, host.server)
+    return servicer.load
+
+
+def main() -> int:
+    return run_service(
+        display_name="captioner",
+        service_name=SERVICE_NAME,
+        settings_loader=load_captioner_settings,
+        build=_build,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The whole suite end to end: four service processes on loopback, real Redis, the vLLM CPU engine.
+
+One suite per module (starting it costs ~1 min on 2 cores); tests run in file order, and the
+destructive ones (crash, kill) come last.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from cir.common.v1 import common_pb2
+from cir.retriever.v1 import retriever_pb2
+from cir_common.local_suite import LocalSuite
+from cir_common.retriever_client import STRATEGIES, connect, index_folder, search_request
+
+pytestmark = pytest.mark.slow
+
+COLOURS = [(214, 39, 40), (44, 160, 44), (31, 119, 180), (238, 200, 30), (148, 103, 189)]
+SHAPES = ["circle", "square", "triangle", "bar", "ring"]
+BACKGROUNDS = [(245, 245, 240), (40, 40, 48)]
+
+
+def _draw(shape: str, colour: tuple[int, int, int], background: tuple[int, int, int], size: tuple[int, int]):
+    image = Image.new("RGB", size, background)
+    pen = ImageDraw.Draw(image)
+    w, h = size
+    box = (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
+    if shape == "circle":
+        pen.ellipse(box, fill=colour)
+    elif shape == "square":
+        pen.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        pen.polygon([(w // 2, h // 5), (4 * w // 5, 4 * h // 5), (w // 5, 4 * h // 5)], fill=colour)
+    elif shape == "bar":
+        pen.rectangle((w // 8, h // 2 - h // 10, 7 * w // 8, h // 2 + h // 10), fill=colour)
+    else:
+        pen.ellipse(box, outline=colour, width=max(2, w // 16))
+    return image
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gallery")
+    sizes = [(96, 96), (128, 80), (80, 120)]
+    for index, (shape, colour, background) in enumerate(itertools.product(SHAPES, COLOURS, BACKGROUNDS)):
+        _draw(shape, colour, background, sizes[index % 3]).save(folder / f"{shape}-{index:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def suite(tiny_pack, tmp_path_factory):
+    suite = LocalSuite(profile=tiny_pack, workdir=tmp_path_factory.mktemp("suite"))
+    suite.start(timeout_s=400)
+    yield suite
+    suite.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(suite):
+    return connect(suite.retriever_address)
+
+
+def _search(stub, **kwargs) -> retriever_pb2.SearchResponse:
+    return stub.Search(
+        search_request("shapes", kwargs.pop("text", "the same shape but blue"), **kwargs), timeout=120
+    )
+
+
+def _ranking(response: retriever_pb2.SearchResponse) -> list[tuple[str, float]]:
+    return [(hit.id, round(hit.score, 5)) for hit in response.hits]
+
+
+def test_ingest_is_idempotent_and_replaces_changed_images(stub, gallery):
+    first = index_folder(stub, "shapes", gallery)
+    assert first.counts == {"indexed": 50} and first.failures == []
+    again = index_folder(stub, "shapes", gallery)
+    assert again.counts == {"unchanged": 50}
+
+    changed = gallery / "circle-00.png"
+    _draw("circle", (0, 0, 0), (255, 255, 255), (96, 96)).save(changed)
+    third = index_folder(stub, "shapes", gallery)
+    assert third.counts == {"unchanged": 49, "replaced": 1}
+    info = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(collection="shapes"))
+    assert info.size == 50 and info.embedding_dim == 32
+    assert info.models.encoder.name == "cir-tiny-clip" and info.models.captioner.name.startswith("blip2-tiny")
+    assert set(info.strategies_available) == set(STRATEGIES.values())
+
+
+def test_ingest_reports_bad_items_without_failing_the_stream(stub):
+    good = io.BytesIO()
+    _draw("ring", (1, 2, 3), (200, 200, 200), (64, 64)).save(good, format="PNG")
+    requests = [
+        retriever_pb2.IngestImagesRequest(
+            collection="scratch",
+            image=retriever_pb2.GalleryImage(id="ok", image=common_pb2.Image(data=good.getvalue())),
+        ),
+        retriever_pb2.IngestImagesRequest(
+            collection="scratch",
+            image=retriever_pb2.GalleryImage(id="broken", image=common_pb2.Image(data=b"GIF89a junk")),
+        ),
+        retriever_pb2.IngestImagesRequest(
+            collection="scratch",
+            image=retriever_pb2.GalleryImage(image=common_pb2.Image(data=good.getvalue())),
+        ),
+    ]
+    items = [e.item for e in stub.IngestImages(iter(requests)) if e.HasField("item")]
+    by_id = {item.id: item for item in items}
+    assert by_id["ok"].status == retriever_pb2.ITEM_STATUS_INDEXED
+    assert by_id["broken"].status == retriever_pb2.ITEM_STATUS_FAILED
+    assert by_id["broken"].error_code == "INVALID_ARGUMENT" and "broken" in by_id["broken"].error_message
+    assert by_id[""].status == retriever_pb2.ITEM_STATUS_FAILED and "id is empty" in by_id[""].error_message
+    stub.DeleteCollection(retriever_pb2.DeleteCollectionRequest(collection="scratch"))
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_by_id_and_by_bytes(stub, gallery, strategy):
+    by_id = _search(stub, reference_id="square-12", strategy=strategy, top_k=7, explain=True)
+    by_bytes = _search(stub, image=gallery / "square-12.png", strategy=strategy, top_k=7, explain=True)
+    for response in (by_id, by_bytes):
+        assert len(response.hits) == 7
+        scores = [hit.score for hit in response.hits]
+        assert scores == sorted(scores, reverse=True)
+        assert response.collection_size == 50
+        assert response.resolved.strategy == STRATEGIES[strategy]
+        assert not response.degradations
+    # captions and LLM answers are cached by content, so bytes and id give the same query
+    assert _ranking(by_id) == _ranking(by_bytes)
+    if strategy == "image_only":
+        assert by_id.hits[0].id == "square-12" and by_id.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    if strategy == "cvsi":
+        explanation = by_id.explanation
+        assert len(explanation.captions) == 15
+        assert len(explanation.edited_captions) == 15
+        assert explanation.fine_grained_prompt.startswith(
+            "a photo of $ that the same shape but blue. And the photo"
+        )
+        stages = {t.stage for t in by_bytes.timings}
+        assert {"embed_reference_image", "captions", "edit_captions", "added_objects", "search"} <= stages
+
+
+def test_search_variants_and_weights_are_reported(stub):
+    request = search_request("shapes", "in red", reference_id="bar-31", strategy="cvsi", preset="fashioniq")
+    request.options.score_function = retriever_pb2.SCORE_FUNCTION_COSINE
+    request.options.edit_mode = common_pb2.EDIT_MODE_JOINED
+    request.weights.alpha = 0.3
+    response = stub.Search(request, timeout=120)
+    resolved = response.resolved
+    assert (round(resolved.alpha, 4), round(resolved.beta, 4), round(resolved.gamma, 4)) == (0.3, 0.6, 0.1)
+    assert resolved.caption_features_renormalized
+    assert resolved.score_function == retriever_pb2.SCORE_FUNCTION_COSINE
+    assert all(-1.0001 <= hit.score <= 1.0001 for hit in response.hits)
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "needle"),
+    [
+        (
+            lambda r: setattr(r, "collection", "nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "collection 'nope' does not exist",
+        ),
+        (lambda r: setattr(r, "reference_id", "nope"), grpc.StatusCode.NOT_FOUND, "reference_id 'nope'"),
+        (
+            lambda r: setattr(r, "modification_text", "  "),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "modification_text is empty",
+        ),
+        (lambda r: setattr(r.weights, "gamma", 1.5), grpc.StatusCode.INVALID_ARGUMENT, "weights.gamma"),
+        (
+            lambda r: (setattr(r.weights, "alpha", 0.7), setattr(r.weights, "beta", 0.5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "alpha + weights.beta",
+        ),
+        (lambda r: setattr(r, "top_k", 100000), grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+        (
+            lambda r: r.reference_image.CopyFrom(common_pb2.Image(data=b"\x89PNG\r\n\x1a\n broken")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "reference_image",
+        ),
+    ],
+)
+def test_bad_search_inputs(stub, change, code, needle):
+    request = search_request("shapes", "in red", reference_id="bar-31")
+    change(request)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Search(request, timeout=60)
+    assert err.value.code() == code
+    assert needle in err.value.details()
+
+
+def test_a_deadline_shorter_than_the_pipeline_is_deadline_exceeded(stub, gallery):
+    request = search_request("shapes", "a deadline test", image=gallery / "ring-45.png", strategy="cvsi")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Search(request, timeout=0.05)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # the suite is still fine afterwards
+    assert len(_search(stub, reference_id="ring-45", strategy="image_only").hits) == 10
+
+
+def test_restarting_the_retriever_serves_the_same_results(suite, stub):
+    before = [_ranking(_search(stub, reference_id="triangle-27", strategy=s)) for s in ("cvsi", "weimocir")]
+    suite.stop_service("retriever")
+    suite.start_service("retriever")
+    suite.wait_serving(120)
+    fresh = connect(suite.retriever_address)
+    after = [_ranking(_search(fresh, reference_id="triangle-27", strategy=s)) for s in ("cvsi", "weimocir")]
+    assert before == after
+
+
+def test_a_crash_mid_ingestion_leaves_a_consistent_store(suite, gallery, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(120):
+        _draw(SHAPES[index % 5], COLOURS[index % 5], BACKGROUNDS[index % 2], (64 + index % 7, 64)).save(
+            many / f"img-{index:03d}.png"
+        )
+    script = (
+        "from pathlib import Path; from cir_common.retriever_client import connect, index_folder; "
+        f"index_folder(connect({suite.retriever_address!r}), 'crash', Path({str(many)!r}), "
+        "lambda p, t: print(p.committed, flush=True))"
+    )
+    client = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        while int(client.stdout.readline() or 0) < 32:
+            pass
+        suite.kill_service("retriever")  # SIGKILL while batches are in flight
+    finally:
+        client.kill()
+        client.wait()
+    suite.start_service("retriever")
+    suite.wait_serving(120)
+    stub = connect(suite.retriever_address)
+    info = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(collection="crash"))
+    assert 32 <= info.size < 120
+    resumed = index_folder(stub, "crash", many)
+    assert resumed.counts.get("unchanged", 0) == info.size
+    assert resumed.counts.get("indexed", 0) == 120 - info.size
+    hit = stub.Search(
+        search_request("crash", "x", reference_id="img-000", strategy="image_only", top_k=1), timeout=60
+    )
+    assert hit.hits[0].id == "img-000"
+
+
+def test_reasoner_down_gives_a_degraded_flagged_answer(suite, stub):
+    suite.kill_service("reasoner")
+    started = time.monotonic()
+    response = _search(stub, reference_id="circle-04", strategy="cvsi", text="now it is purple", explain=True)
+    assert len(response.hits) == 10
+    stages = {d.stage for d in response.degradations}
+    assert {"edit_captions", "added_objects"} <= stages
+    assert list(response.explanation.edited_captions) == ["now it is purple"]
+    assert response.explanation.fine_grained_prompt.endswith("And the photo should have .")
+    assert time.monotonic() - started < 60
+    # strategies without the LLM are untouched
+    assert not _search(stub, reference_id="circle-04", strategy="lincir").degradations
+    assert np.isfinite([hit.score for hit in response.hits]).all()
