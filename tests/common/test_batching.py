@@ -87,3 +87,26 @@ async def test_cancelled_callers_are_skipped():
     with pytest.raises(asyncio.CancelledError):
         await doomed
     batcher.close()
+
+
+async def test_items_arriving_while_the_worker_is_busy_join_the_next_batch():
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def run(key: str, items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            gate.wait(5)  # the first batch keeps the worker busy
+        return items
+
+    batcher = MicroBatcher(run, max_batch_size=64, window_s=0.001)
+    first = asyncio.ensure_future(batcher.submit("k", [0]))
+    while not sizes:
+        await asyncio.sleep(0.001)
+    later = [asyncio.ensure_future(batcher.submit("k", [i])) for i in range(1, 11)]
+    await asyncio.sleep(0.05)  # far past the window: still one batch, because the worker was busy
+    gate.set()
+    assert await first == [0]
+    assert [await f for f in later] == [[i] for i in range(1, 11)]
+    assert sizes == [1, 10]
+    batcher.close()

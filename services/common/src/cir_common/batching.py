@@ -1,17 +1,19 @@
 """Micro-batching of model work across concurrent requests.
 
 Requests submit items under a key (items with the same key can share one model call, e.g.
-same preprocessing or same decoding parameters). Items wait at most `window_s` for company,
-or until `max_batch_size` are pending, then run together in one call of `run_batch` on a
-single worker thread: the model stays off the event loop, and one model sees one batch at a
-time. Each caller gets exactly its own results, in order.
+same preprocessing or same decoding parameters). A batch runs when `max_batch_size` items of
+one key are pending or its oldest item has waited `window_s`. One worker thread runs batches
+one after another, so the model stays off the event loop and sees one batch at a time; while it
+is busy, new items keep joining the pending batches, which therefore grow under load instead of
+leaving the worker idle between small ones. Each caller gets exactly its own results, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
+import contextlib
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -20,14 +22,12 @@ KeyT = TypeVar("KeyT", bound=Hashable)
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class _Pending(Generic[ItemT]):
+    first_at: float
     items: list[ItemT] = field(default_factory=list)
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -52,7 +52,8 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
         self._max = max_batch_size
         self._window_s = window_s
         self._pending: dict[KeyT, _Pending[ItemT]] = {}
-        # One thread: batches run one after another on the model, in the order they closed.
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{name}-batch"
         )
@@ -61,35 +62,68 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
     async def submit(self, key: KeyT, items: Sequence[ItemT]) -> list[ResultT]:
         """Runs `items` (possibly together with other callers' items) and returns their results."""
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = []
-        for item in items:
-            future: asyncio.Future[Any] = loop.create_future()
-            futures.append(future)
-            pending = self._pending.setdefault(key, _Pending())
-            pending.items.append(item)
-            pending.futures.append(future)
-            if len(pending.items) >= self._max:
-                self._close(key)
-            elif pending.timer is None:
-                pending.timer = loop.call_later(self._window_s, self._close, key)
+        if self._worker is None or self._worker.done():
+            self._wakeup = asyncio.Event()
+            self._worker = loop.create_task(self._work())
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending(first_at=time.monotonic())
+        futures = [loop.create_future() for _ in items]
+        pending.items.extend(items)
+        pending.futures.extend(futures)
+        assert self._wakeup is not None
+        self._wakeup.set()
         return list(await asyncio.gather(*futures))
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _close(self, key: KeyT) -> None:
-        pending = self._pending.pop(key, None)
-        if pending is None:
-            return
-        if pending.timer is not None:
-            pending.timer.cancel()
-        asyncio.get_running_loop().create_task(self._execute(key, pending))
+    def _drop_abandoned(self) -> None:
+        for key in list(self._pending):
+            pending = self._pending[key]
+            live = [i for i, f in enumerate(pending.futures) if not f.done()]
+            if not live:
+                del self._pending[key]
+            elif len(live) < len(pending.futures):
+                pending.items = [pending.items[i] for i in live]
+                pending.futures = [pending.futures[i] for i in live]
 
-    async def _execute(self, key: KeyT, pending: _Pending[ItemT]) -> None:
-        live = [i for i, f in enumerate(pending.futures) if not f.done()]
-        if not live:  # every caller went away: skip the model call
-            return
-        items = [pending.items[i] for i in live]
+    def _next_ready(self) -> tuple[KeyT | None, float]:
+        """The key to run now (oldest first), or None and how long until one is due."""
+        self._drop_abandoned()
+        now = time.monotonic()
+        best: KeyT | None = None
+        wait = float("inf")
+        for key, pending in self._pending.items():
+            due = now if len(pending.items) >= self._max else pending.first_at + self._window_s
+            if due <= now and (best is None or pending.first_at < self._pending[best].first_at):
+                best = key
+            wait = min(wait, due - now)
+        return best, max(wait, 0.0)
+
+    async def _work(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            key, wait = self._next_ready()
+            if key is None:
+                if not self._pending:
+                    return  # idle: `submit` starts a new worker (no await since the check, so no race)
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                continue
+            pending = self._pending[key]
+            items, futures = pending.items[: self._max], pending.futures[: self._max]
+            pending.items, pending.futures = pending.items[self._max :], pending.futures[self._max :]
+            if pending.items:
+                pending.first_at = time.monotonic() - self._window_s  # the rest has waited long enough
+            else:
+                del self._pending[key]
+            await self._execute(key, items, futures)
+
+    async def _execute(self, key: KeyT, items: list[ItemT], futures: list[asyncio.Future[Any]]) -> None:
         self.stats.batches += 1
         self.stats.items += len(items)
         self.stats.largest_batch = max(self.stats.largest_batch, len(items))
@@ -99,10 +133,10 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
             if len(results) != len(items):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
         except Exception as error:  # noqa: BLE001 - delivered to every caller of the batch
-            for i in live:
-                if not pending.futures[i].done():
-                    pending.futures[i].set_exception(error)
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
             return
-        for i, result in zip(live, results, strict=True):
-            if not pending.futures[i].done():
-                pending.futures[i].set_result(result)
+        for future, result in zip(futures, results, strict=True):
+            if not future.done():
+                future.set_result(result)

@@ -37,6 +37,8 @@ class ServiceSettings:
     shutdown_delay_s: float = 0.0
     # Then wait at most this long for in-flight calls to finish.
     shutdown_grace_s: float = 30.0
+    # Close client connections after this long (0 = never) so clients re-resolve and reach new replicas.
+    max_connection_age_s: float = 0.0
     log_level: str = "INFO"
     # Redis URL of the shared cache; empty = an in-process LRU of cache_memory_bytes.
     cache_url: str = ""

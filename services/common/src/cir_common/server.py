@@ -144,13 +144,14 @@ class ServiceHost:
         self.ready = False
         self.port: int | None = None
         limit = settings.max_message_bytes
-        self.server = grpc.aio.server(
-            interceptors=[_ServiceInterceptor(self)],
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ],
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+        if settings.max_connection_age_s > 0:
+            age_ms = int(settings.max_connection_age_s * 1000)
+            options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
+        self.server = grpc.aio.server(interceptors=[_ServiceInterceptor(self)], options=options)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
