@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -112,6 +112,31 @@ class QueryPipeline:
         trace = Trace()
         run = _StageRunner(self._services, self._settings, request, budget, trace)
         return await run.all(), trace
+
+
+class _Tasks:
+    """The stage tasks of one query; in sequential mode each stage finishes before the next starts."""
+
+    def __init__(self, sequential: bool) -> None:
+        self._sequential = sequential
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+
+    async def start(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(work)
+        self._tasks[name] = task
+        if self._sequential:
+            await asyncio.wait({task})
+        return task
+
+    def all(self) -> list[asyncio.Task[Any]]:
+        return list(self._tasks.values())
+
+    def cancel_all(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+    def results(self) -> dict[str, Any]:
+        return {name: task.result() for name, task in self._tasks.items()}
 
 
 class _StageRunner:
@@ -343,7 +368,7 @@ class _StageRunner:
 
     async def all(self) -> QueryInputs:
         needs = self.r.needs
-        tasks: dict[str, asyncio.Task] = {}
+        tasks: _Tasks = _Tasks(sequential=self.settings.sequential_stages)
         try:
             image_task = asyncio.create_task(self.image_embedding())
             tasks["image"] = image_task

@@ -31,6 +31,8 @@ class RetrieverSettings(ServiceSettings):
     # Non-essential stages past these budgets degrade (fallbacks) instead of failing the search.
     captioner_budget_s: float = 30.0
     reasoner_budget_s: float = 60.0
+    # Run query stages one after another instead of concurrently (for measuring what concurrency buys).
+    sequential_stages: bool = False
     # Ingestion: images per pipeline batch, and batches in flight before the stream is paused.
     ingest_batch_size: int = 16
     ingest_max_batches_in_flight: int = 2
