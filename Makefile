@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cir-installed
 
-.PHONY: install test lint protos protos-check
+.PHONY: install test lint protos
 
 # Re-runs the installer only when a dependency list changed.
 $(STAMP): scripts/install-dev.sh deploy/constraints/cpu-dev.txt deploy/constraints/dev-tools.txt \
@@ -23,3 +23,9 @@ lint: $(STAMP)
 
 protos: $(STAMP)
 	bash scripts/gen-python-stubs.sh
+
+.PHONY: demo
+# The main job: start the suite (tiny random models unless CIR_PROFILE names a real profile), index the
+# sample gallery, run composed queries, print the rankings and write out/demo/demo.html.
+demo: $(STAMP)
+	$(VENV)/bin/cir demo --out out/demo

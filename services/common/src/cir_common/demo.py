@@ -25,7 +25,7 @@ from cir_common.retriever_client import (
     progress_bar,
     search_request,
 )
-from cir_common.tiny_pack import build_tiny_pack
+from cir_common.tiny_pack import PROFILE_HEADER, build_tiny_pack
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 SAMPLE_GALLERY = REPO_ROOT / "samples" / "gallery"
@@ -54,10 +54,10 @@ QUERIES = (
 
 def run_demo(out: Path, profile: Path | None, gallery: Path = SAMPLE_GALLERY, top_k: int = 5) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    random_weights = profile is None
     if profile is None:
         print("no profile given: building the tiny model pack (random weights) ...", flush=True)
         profile = build_tiny_pack(out / "tiny-pack", echo=None)
+    random_weights = profile.read_text(encoding="utf-8").startswith(PROFILE_HEADER)
     print(f"starting the suite with {profile} (logs in {out / 'suite'}) ...", flush=True)
     suite = LocalSuite(profile=profile, workdir=out / "suite")
     started = time.perf_counter()
@@ -99,6 +99,16 @@ def run_demo(out: Path, profile: Path | None, gallery: Path = SAMPLE_GALLERY, to
     return page
 
 
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _listing(texts: list[str] | object, shown: int = 2) -> str:
+    items = list(texts)  # type: ignore[call-overload]
+    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+    return "; ".join(_clip(t) for t in items[:shown]) + more
+
+
 def _data_uri(path: Path) -> str:
     kind = mimetypes.guess_type(path.name)[0] or "image/png"
     return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
@@ -119,10 +129,10 @@ def render_page(
         )
         details = [
             ("strategy", enum_label(retriever_pb2.Strategy, response.resolved.strategy, "STRATEGY_")),
-            ("captions", "; ".join(explanation.captions[:3])),
-            ("edited captions", "; ".join(explanation.edited_captions)),
-            ("added objects", explanation.added_objects),
-            ("prompt", explanation.fine_grained_prompt),
+            ("captions", _listing(explanation.captions)),
+            ("edited captions", _listing(explanation.edited_captions)),
+            ("added objects", _clip(explanation.added_objects)),
+            ("prompt", _clip(explanation.fine_grained_prompt)),
             ("degradations", "; ".join(f"{d.stage}: {d.reason}" for d in response.degradations) or "none"),
         ]
         rows = "".join(f"<tr><th>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in details if v)

@@ -130,6 +130,10 @@ def search_request(
     return request
 
 
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def enum_label(enum: object, value: int, prefix: str) -> str:
     """`STRATEGY_CVSI` -> `cvsi`: the short lowercase name users type."""
     return enum.Name(value).removeprefix(prefix).lower()  # type: ignore[attr-defined]
@@ -149,14 +153,19 @@ def format_response(response: retriever_pb2.SearchResponse) -> str:
     if explanation.captions or explanation.fine_grained_prompt:
         lines.append("explanation:")
         if explanation.captions:
-            more = " ..." if len(explanation.captions) > 3 else ""
-            lines.append(f"  captions: {'; '.join(explanation.captions[:3])}{more}")
-        for text, outcome in zip(explanation.edited_captions, explanation.edit_outcomes, strict=False):
-            lines.append(f"  edited caption: {text}  [{outcome}]")
+            more = f" (+{len(explanation.captions) - 2} more)" if len(explanation.captions) > 2 else ""
+            lines.append(f"  captions: {'; '.join(_short(c) for c in explanation.captions[:2])}{more}")
+        edits = list(zip(explanation.edited_captions, explanation.edit_outcomes, strict=False))
+        for text, outcome in edits[:2]:
+            lines.append(f"  edited caption: {_short(text)}  [{outcome}]")
+        if len(edits) > 2:
+            lines.append(f"  (+{len(edits) - 2} more edited captions; --json shows all)")
         if explanation.objects_outcome:
-            lines.append(f"  added objects: {explanation.added_objects!r}  [{explanation.objects_outcome}]")
+            lines.append(
+                f"  added objects: {_short(explanation.added_objects)!r}  [{explanation.objects_outcome}]"
+            )
         if explanation.fine_grained_prompt:
-            lines.append(f"  prompt: {explanation.fine_grained_prompt}")
+            lines.append(f"  prompt: {_short(explanation.fine_grained_prompt)}")
     for degradation in response.degradations:
         lines.append(f"  DEGRADED {degradation.stage}: {degradation.reason} -> {degradation.effect}")
     timings = ", ".join(f"{t.stage} {t.milliseconds:.0f} ms" for t in response.timings)

@@ -27,7 +27,7 @@ from cir.captioner.v1 import captioner_pb2
 from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2
 from cir.reasoner.v1 import reasoner_pb2
-from cir_common.errors import DeadlineExceeded, Unavailable
+from cir_common.errors import CirError, DeadlineExceeded, ResourceExhausted, Unavailable
 from cir_common.request_context import outgoing_metadata
 from cir_common.service_kit import StageTimer
 from cir_common.vectors import vector_from_proto, vector_to_proto
@@ -95,6 +95,15 @@ class QueryRequest:
     options: Options
     needs: Requirements
     collection: CollectionSettings
+
+
+# CLIP reads 77 tokens (a few hundred characters of ordinary text) and cuts the rest; LLM output can
+# run to thousands of characters. Clipping here keeps requests inside the encoder's text limit.
+ENCODER_TEXT_CHARS = 2000
+
+
+def _fit(text: str) -> str:
+    return text[:ENCODER_TEXT_CHARS]
 
 
 def _outcome(item: reasoner_pb2.ReasonedText) -> str:
@@ -167,7 +176,12 @@ class _StageRunner:
             return DeadlineExceeded(f"the {service} did not answer before the request's deadline")
         if error.code() == grpc.StatusCode.UNAVAILABLE:
             return Unavailable(f"the {service} service is unavailable: {error.details()}")
-        return error
+        if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(f"the {service} is overloaded: {error.details()}")
+        # Anything else is a request the retriever itself built: not the caller's fault.
+        return CirError(
+            f"the {service} refused a request of the retriever ({error.code().name}): {error.details()}"
+        )
 
     async def _optional(
         self, stage: str, call: Callable[[], Awaitable[T]], fallback: T, effect: str, budget_s: float
@@ -188,7 +202,7 @@ class _StageRunner:
             return fallback, False
 
     async def _embed_texts(self, stage: str, texts: list[str]) -> np.ndarray:
-        request = encoder_pb2.EmbedTextsRequest(texts=texts, vector_format=PACKED)
+        request = encoder_pb2.EmbedTextsRequest(texts=[_fit(t) for t in texts], vector_format=PACKED)
         try:
             response = await self._timed(
                 stage,
@@ -334,7 +348,9 @@ class _StageRunner:
         image = await image_task
         request = encoder_pb2.EmbedComposedPromptsRequest(
             prompts=[
-                encoder_pb2.ComposedPrompt(text=prompt, reference_embedding=vector_to_proto(image, PACKED))
+                encoder_pb2.ComposedPrompt(
+                    text=_fit(prompt), reference_embedding=vector_to_proto(image, PACKED)
+                )
             ],
             mapping_network=self.r.needs.pseudo_prompt or "",
             vector_format=PACKED,
@@ -368,36 +384,28 @@ class _StageRunner:
 
     async def all(self) -> QueryInputs:
         needs = self.r.needs
-        tasks: _Tasks = _Tasks(sequential=self.settings.sequential_stages)
+        tasks = _Tasks(sequential=self.settings.sequential_stages)
         try:
-            image_task = asyncio.create_task(self.image_embedding())
-            tasks["image"] = image_task
-            captions_task = asyncio.create_task(self.captions()) if needs.captions else None
-            if captions_task is not None:
-                tasks["captions"] = captions_task
+            image_task = await tasks.start("image", self.image_embedding())
+            captions_task = await tasks.start("captions", self.captions()) if needs.captions else None
             if needs.text_embedding:
-                tasks["text"] = asyncio.create_task(
-                    self._embed_texts("embed_modification_text", [self.r.text])
-                )
-            objects_task = (
-                asyncio.create_task(self.objects(captions_task)) if needs.objects and captions_task else None
-            )
-            if objects_task is not None:
-                tasks["objects"] = objects_task
+                await tasks.start("text", self._embed_texts("embed_modification_text", [self.r.text]))
+            objects_task = None
+            if needs.objects and captions_task is not None:
+                objects_task = await tasks.start("objects", self.objects(captions_task))
             if needs.edits is not None and captions_task is not None:
-                tasks["edits"] = asyncio.create_task(self.edits(captions_task))
+                await tasks.start("edits", self.edits(captions_task))
             if needs.pseudo_prompt is not None:
-                tasks["pseudo"] = asyncio.create_task(self.pseudo_prompt(image_task, objects_task))
+                await tasks.start("pseudo", self.pseudo_prompt(image_task, objects_task))
             if needs.captioning_text and captions_task is not None:
-                tasks["captioning"] = asyncio.create_task(self.captioning_text(captions_task))
+                await tasks.start("captioning", self.captioning_text(captions_task))
             if self.r.strategy is StrategyName.WEIMOCIR and captions_task is not None:
-                tasks["slots"] = asyncio.create_task(self.caption_slots(captions_task))
-            await asyncio.gather(*tasks.values())
+                await tasks.start("slots", self.caption_slots(captions_task))
+            await asyncio.gather(*tasks.all())
         finally:
             # One stage failed (or the caller went away): leave no work running behind the answer.
-            for task in tasks.values():
-                task.cancel()
-        results = {name: task.result() for name, task in tasks.items()}
+            tasks.cancel_all()
+        results = tasks.results()
         text = results.get("text")
         return QueryInputs(
             image=results["image"],
