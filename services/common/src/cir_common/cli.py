@@ -32,7 +32,7 @@ def _models_tiny(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cir_common.local_suite import LocalSuite
+    from cir_common.local_suite import DEFAULT_PORTS, LocalSuite
     from cir_common.tiny_pack import build_tiny_pack
 
     workdir = Path(args.workdir)
@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"starting encoder, captioner, reasoner, retriever with {profile} ...", flush=True)
-    suite.start()
+    suite.start(ports=None if args.any_ports else DEFAULT_PORTS)
     try:
         for name, service in suite.processes.items():
             print(f"  {name:9s} {service.address}  (log: {service.log_path})")
@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workdir", default="out/serve", help="logs, gallery store and the tiny pack go here")
     serve.add_argument("--no-redis", action="store_true", help="use in-process caches instead of Redis")
+    serve.add_argument(
+        "--any-ports",
+        action="store_true",
+        help="free ports instead of the defaults 50050-50053 (retriever 50050)",
+    )
     serve.set_defaults(handler=_serve)
 
     index = commands.add_parser("index", help="ingest a folder of images into a collection")

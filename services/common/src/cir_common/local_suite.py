@@ -20,6 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cir_common.local_redis import RedisProcess, free_port, redis_server_binary, start_redis
 
+# The services' own default ports (their settings), used by `cir serve` so the CLI defaults reach them.
+DEFAULT_PORTS = {"retriever": 50050, "encoder": 50051, "captioner": 50052, "reasoner": 50053}
+
 SERVICES = {
     # name: (python module, gRPC service name, environment prefix)
     "encoder": ("cir_encoder", "cir.encoder.v1.EncoderService", "CIR_ENCODER_"),
@@ -65,12 +68,18 @@ class LocalSuite:
     def retriever_address(self) -> str:
         return self.processes["retriever"].address
 
-    def start(self, timeout_s: float = 300.0, names: tuple[str, ...] = tuple(SERVICES)) -> None:
+    def start(
+        self,
+        timeout_s: float = 300.0,
+        names: tuple[str, ...] = tuple(SERVICES),
+        ports: dict[str, int] | None = None,
+    ) -> None:
+        """Starts Redis and the services (on `ports`, or free ones) and waits until all are SERVING."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             if self.use_redis and redis_server_binary() is not None:
                 self.redis = start_redis()
-            self.ports = {name: free_port() for name in SERVICES}
+            self.ports = {name: (ports or {}).get(name) or free_port() for name in SERVICES}
             for name in names:
                 self.start_service(name)
             self.wait_serving(timeout_s)
