@@ -7,6 +7,7 @@ by `stop()` (SIGTERM, then SIGKILL after a grace period).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cir_common.local_redis import RedisProcess, free_port, redis_server_binary, start_redis
+
+log = logging.getLogger(__name__)
 
 # The services' own default ports (their settings), used by `cir serve` so the CLI defaults reach them.
 DEFAULT_PORTS = {"retriever": 50050, "encoder": 50051, "captioner": 50052, "reasoner": 50053}
@@ -144,19 +147,22 @@ class LocalSuite:
                         )
                     time.sleep(0.2)
 
-    def stop_service(self, name: str, grace_s: float = 20.0) -> None:
+    def stop_service(self, name: str, grace_s: float = 30.0) -> None:
+        """SIGTERM (the service drains and unloads), then SIGKILL to its whole process group."""
         service = self.processes.pop(name, None)
         if service is None:
             return
-        service.process.send_signal(signal.SIGTERM)
         try:
+            service.process.send_signal(signal.SIGTERM)
             service.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            service.process.kill()
-            service.process.wait(timeout=10)
-        # Whatever the service started (e.g. engine worker processes) goes with it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(service.process.pid, signal.SIGKILL)
+            pass
+        finally:
+            # Whatever the service started (e.g. engine worker processes) goes with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                service.process.wait(timeout=10)
 
     def kill_service(self, name: str) -> None:
         """Simulates a crash: SIGKILL to the service and everything it started."""
@@ -166,9 +172,15 @@ class LocalSuite:
         service.process.wait(timeout=10)
 
     def stop(self) -> None:
-        # The retriever first: it drains its in-flight searches while the model services still answer.
-        for name in ("retriever", "encoder", "captioner", "reasoner"):
-            self.stop_service(name)
-        if self.redis is not None:
-            self.redis.stop()
-            self.redis = None
+        """Stops everything, each step even when an earlier one failed."""
+        try:
+            # The retriever first: it drains its in-flight searches while the model services still answer.
+            for name in ("retriever", "encoder", "captioner", "reasoner"):
+                try:
+                    self.stop_service(name)
+                except Exception:
+                    log.exception("could not stop %s", name)
+        finally:
+            if self.redis is not None:
+                self.redis.stop()
+                self.redis = None
