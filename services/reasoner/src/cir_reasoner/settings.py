@@ -21,11 +21,21 @@ class ReasonerSettings(ServiceSettings):
     gpu_memory_utilization: float = 0.85
     device: str = "auto"
     dtype: str = "auto"
+    # vLLM: run eagerly (no CUDA graphs / torch.compile): starts much faster, generates somewhat slower.
+    enforce_eager: bool = False
+    # "auto" = chat when the tokenizer has a chat template (openai backend: chat), "chat" or "completion".
+    prompt_format: str = "auto"
+    # Tokenizer folder used to count prompt tokens on the openai backend; empty = estimate from characters.
+    tokenizer: str = ""
     # openai backend: base URL, model name, and the NAME of the environment variable holding the key.
     openai_base_url: str = ""
     openai_model: str = ""
     openai_api_key_env: str = "OPENAI_API_KEY"
     openai_max_concurrency: int = 32
+    # openai backend: retries of one prompt on 429 / 5xx / connection errors (backoff, within the deadline).
+    openai_max_retries: int = 4
+    # openai backend: longest wait for one HTTP answer when the caller set no deadline.
+    openai_timeout_s: float = 120.0
     # Extra prompt template files or folders, added to the built-in templates.
     template_paths: list[str] = dataclasses.field(default_factory=list)
     default_edit_template: str = "edit_structural"
