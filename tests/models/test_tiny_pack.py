@@ -39,9 +39,12 @@ def test_render_toml_escapes_strings_for_a_toml_reader() -> None:
     assert tomllib.loads(text) == {"a": {"path": awkward, "n": 7, "b": {"key with space": "x"}}}
 
 
-def test_render_toml_refuses_values_it_cannot_write() -> None:
+def test_render_toml_writes_booleans_and_refuses_values_it_cannot_write() -> None:
+    assert tomllib.loads(render_toml({"a": {"flag": True, "off": False}})) == {
+        "a": {"flag": True, "off": False}
+    }
     with pytest.raises(TypeError):
-        render_toml({"a": {"flag": True}})
+        render_toml({"a": {"ratio": 1.5}})
 
 
 def test_missing_service_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

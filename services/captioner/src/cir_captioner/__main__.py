@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
 
 from cir.captioner.v1 import captioner_pb2_grpc
 from cir_captioner.service import CaptionerServicer
@@ -14,10 +13,10 @@ from cir_common.service_kit import run_service
 SERVICE_NAME = "cir.captioner.v1.CaptionerService"
 
 
-def _build(settings: CaptionerSettings, host: ServiceHost) -> Callable[[], Awaitable[None]]:
+def _build(settings: CaptionerSettings, host: ServiceHost) -> CaptionerServicer:
     servicer = CaptionerServicer(settings)
     captioner_pb2_grpc.add_CaptionerServiceServicer_to_server(servicer, host.server)
-    return servicer.load
+    return servicer
 
 
 def main() -> int:

@@ -95,6 +95,11 @@ class CaptionerServicer(captioner_pb2_grpc.CaptionerServiceServicer):
         self._engine: CaptionEngine | None = None
         self._batcher: MicroBatcher[DecodingParams, Image.Image, list[str]] | None = None
 
+    async def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+        await self.cache.close()
+
     async def load(self) -> None:
         engine = await asyncio.to_thread(build_engine, self.settings)
         try:

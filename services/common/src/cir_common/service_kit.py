@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cir.common.v1 import common_pb2
 from cir_common.config import ServiceSettings
@@ -72,17 +72,25 @@ class StageTimer:
         return [common_pb2.StageTiming(stage=name, milliseconds=ms) for name, ms in self._stages]
 
 
+class ServiceLifecycle(Protocol):
+    """What a service's servicer offers the process entry: load the model; release it at the end."""
+
+    async def load(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 def run_service(
     *,
     display_name: str,
     service_name: str,
     settings_loader: Callable[[], ServiceSettings],
-    build: Callable[[ServiceSettings, ServiceHost], Callable[[], Awaitable[None]]],
+    build: Callable[[ServiceSettings, ServiceHost], ServiceLifecycle],
 ) -> int:
     """Process entry point: load settings, start the server, load the model, serve until SIGTERM.
 
-    `build` registers the servicer on `host.server` and returns the coroutine function that loads
-    the model; health turns SERVING when it returns.
+    `build` registers the servicer on `host.server` and returns it. Health turns SERVING when its
+    `load()` returns; `close()` runs after the server has drained its in-flight calls.
     """
     try:
         settings = settings_loader()
@@ -93,8 +101,11 @@ def run_service(
 
     async def main() -> None:
         host = ServiceHost([service_name], settings, display_name)
-        load = build(settings, host)
-        await host.run(load)
+        service = build(settings, host)
+        try:
+            await host.run(service.load)
+        finally:
+            await service.close()
 
     try:
         asyncio.run(main())

@@ -31,7 +31,7 @@ def build_tiny_pack(out_dir: Path, echo: Callable[[str], None] | None = print) -
     blip2_dir = captioner.build_tiny_blip2(out_dir / "captioner" / "blip2-tiny", seed=TINY_SEED)
     llm_dir = reasoner.build_tiny_llm(out_dir / "reasoner" / "llm-tiny", seed=TINY_SEED)
 
-    profile: dict[str, dict[str, str | int]] = {
+    profile: dict[str, dict[str, str | int | bool]] = {
         "encoder": {
             "clip_model": encoder.TINY_CLIP_NAME,
             "clip_pretrained": str(encoder_files.checkpoint),
@@ -73,7 +73,7 @@ def _size(num_bytes: int) -> str:
     return f"{size:.1f} GiB"
 
 
-def render_toml(tables: dict[str, dict[str, str | int]]) -> str:
+def render_toml(tables: dict[str, dict[str, str | int | bool]]) -> str:
     """TOML text for flat tables of string and integer values (all a profile needs)."""
     blocks = []
     for table, values in tables.items():
@@ -89,10 +89,11 @@ def _toml_key(key: str) -> str:
     return _toml_string(key)
 
 
-def _toml_value(value: str | int) -> str:
-    # bool is an int subclass; TOML would need true/false, and no profile value is a bool.
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"profile values are strings or integers, not {type(value).__name__}")
+def _toml_value(value: str | int | bool) -> str:
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return "true" if value else "false"
+    if not isinstance(value, (str, int)):
+        raise TypeError(f"profile values are strings, integers or booleans, not {type(value).__name__}")
     return str(value) if isinstance(value, int) else _toml_string(value)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
 
 from cir.encoder.v1 import encoder_pb2_grpc
 from cir_common.server import ServiceHost
@@ -14,10 +13,10 @@ from cir_encoder.settings import EncoderSettings, load_encoder_settings
 SERVICE_NAME = "cir.encoder.v1.EncoderService"
 
 
-def _build(settings: EncoderSettings, host: ServiceHost) -> Callable[[], Awaitable[None]]:
+def _build(settings: EncoderSettings, host: ServiceHost) -> EncoderServicer:
     servicer = EncoderServicer(settings)
     encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, host.server)
-    return servicer.load
+    return servicer
 
 
 def main() -> int:

@@ -70,6 +70,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             MicroBatcher[str, tuple[str, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
         ) = None
 
+    async def close(self) -> None:
+        for batcher in (self._image_batcher, self._text_batcher, self._composed_batcher):
+            if batcher is not None:
+                batcher.close()
+        await self.cache.close()
+
     async def load(self) -> None:
         engine = await asyncio.to_thread(build_engine, self.settings)
         window_s = self.settings.batch_window_ms / 1000.0

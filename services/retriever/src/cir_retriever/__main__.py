@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
 
 from cir.retriever.v1 import retriever_pb2_grpc
 from cir_common.server import ServiceHost
@@ -14,10 +13,10 @@ from cir_retriever.settings import RetrieverSettings, load_retriever_settings
 SERVICE_NAME = "cir.retriever.v1.RetrieverService"
 
 
-def _build(settings: RetrieverSettings, host: ServiceHost) -> Callable[[], Awaitable[None]]:
+def _build(settings: RetrieverSettings, host: ServiceHost) -> RetrieverServicer:
     servicer = RetrieverServicer(settings)
     retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, host.server)
-    return servicer.load
+    return servicer
 
 
 def main() -> int:
