@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from cir_common.errors import ConfigError
-from cir_encoder.clip_loading import LoadedClip, load_clip, resolve_device
+from cir_common.torch_placement import resolve_device
+from cir_encoder.clip_loading import LoadedClip, load_clip
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_resolve_device() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto") == expected
     assert resolve_device("CPU") == "cpu"
-    with pytest.raises(ConfigError, match="unknown device"):
+    with pytest.raises(ConfigError, match="unknown model device"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):

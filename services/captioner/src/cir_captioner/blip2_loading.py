@@ -7,27 +7,18 @@ plus a sha256 over the weight files, or the hub id plus the resolved commit.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cir_common.checksums import weights_sha256
 from cir_common.errors import ConfigError
+from cir_common.torch_placement import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 
 @dataclass(frozen=True)
@@ -52,8 +43,8 @@ def load_blip2(model_path_or_id: str, device: str, dtype: str) -> LoadedBlip2:
     """
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    resolved_device = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, resolved_device)
+    resolved_device = resolve_device(device, "captioner")
+    torch_dtype = resolve_dtype(dtype, resolved_device, "captioner")
     folder = Path(model_path_or_id).expanduser()
     is_local = folder.is_dir()
     if not is_local and (model_path_or_id.startswith(("/", ".", "~")) or folder.exists()):
@@ -99,49 +90,6 @@ def load_blip2(model_path_or_id: str, device: str, dtype: str) -> LoadedBlip2:
         device=resolved_device,
         dtype=torch_dtype,
     )
-
-
-def weights_sha256(folder: Path) -> str:
-    """sha256 over the folder's weight files, in name order (one file: that file's own sha256)."""
-    files = sorted({p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
-    if not files:
-        raise ConfigError(f"model folder {folder} holds no *.safetensors or *.bin weight file")
-    file_hashes = [(p.name, _sha256_file(p)) for p in files]
-    if len(file_hashes) == 1:
-        return file_hashes[0][1]
-    combined = hashlib.sha256()
-    for name, digest in file_hashes:
-        combined.update(f"{name}:{digest}\n".encode())
-    return combined.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _resolve_device(device: str) -> str:
-    choice = device.strip().lower()
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"captioner device {device!r} was asked for but torch sees no CUDA GPU; use cpu or auto"
-        )
-    if choice != "cpu" and not choice.startswith("cuda"):
-        raise ConfigError(f"unknown captioner device {device!r}; use auto, cpu, cuda or cuda:N")
-    return choice
-
-
-def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    if dtype not in _DTYPES:
-        raise ConfigError(f"unknown captioner dtype {dtype!r}; use auto, float32, float16 or bfloat16")
-    return _DTYPES[dtype]
 
 
 def _processor_image_size(image_processor: Any) -> tuple[int, int]:

@@ -11,7 +11,6 @@ Accepted forms (open_clip 3.3):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ from typing import Any
 
 import torch
 
+from cir_common.checksums import sha256_file
 from cir_common.errors import ConfigError
+from cir_common.torch_placement import resolve_device
 
 LOCAL_DIR_PREFIX = "local-dir:"
 _PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
@@ -43,31 +44,6 @@ class LoadedClip:
     image_size: tuple[int, int]
     device: str
     precision: str
-
-
-def resolve_device(preference: str) -> str:
-    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; an explicit device must exist."""
-    choice = preference.strip().lower()
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cpu":
-        return "cpu"
-    if choice == "cuda" or choice.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device {preference!r} was asked for but torch sees no CUDA GPU; use 'cpu' or 'auto'"
-            )
-        index = int(choice.split(":", 1)[1]) if ":" in choice else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {preference!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
-            )
-        return choice
-    if choice == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError("device 'mps' was asked for but is not available; use 'cpu' or 'auto'")
-        return "mps"
-    raise ConfigError(f"unknown device {preference!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 def load_clip(
@@ -150,15 +126,6 @@ def load_clip(
         device=resolved_device,
         precision=resolved_precision,
     )
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (checkpoints are gigabytes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _resolve_precision(precision: str, device: str) -> str:

@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from cir_common.checksums import sha256_file
 from cir_common.errors import ConfigError
-from cir_encoder.clip_loading import sha256_file
 
 PhiArchitecture = Literal["phi", "pic2word"]
 

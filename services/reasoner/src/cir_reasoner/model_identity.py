@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cir_common.checksums import weights_sha256
 from cir_reasoner.generation import BackendModel
-from cir_reasoner.model_loading import weights_sha256
 
 
 def describe_model(model: str, backend: str, weights_sha: str | None = None) -> BackendModel:
