@@ -275,6 +275,17 @@ def test_bad_inputs_get_clear_status_codes(encoder):
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "no placeholder '$'" in message
 
+    # A "$" past the 77-token context is cut off by the tokenizer: nothing would be injected.
+    code, message = _code(
+        stub.EmbedComposedPrompts,
+        encoder_pb2.EmbedComposedPromptsRequest(
+            prompts=[
+                encoder_pb2.ComposedPrompt(text="a photo of " + "very " * 80 + "$", reference_image=_image(1))
+            ]
+        ),
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "no placeholder token" in message
+
     code, message = _code(
         stub.EmbedComposedPrompts,
         encoder_pb2.EmbedComposedPromptsRequest(

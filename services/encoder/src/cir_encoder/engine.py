@@ -47,13 +47,15 @@ class EncoderEngine:
         self.mapping_networks = mapping_networks
         self.default_mapping_network = default_mapping_network
         self.target_pad_ratio = target_pad_ratio
-        self.identity = f"{clip.model_name}@{clip.checkpoint_sha256}"
+        # Precision is part of the identity: fp16 and fp32 replicas sharing a cache must not mix vectors.
+        self.identity = f"{clip.model_name}@{clip.checkpoint_sha256}/{clip.precision}"
         self._tower = text_tower(clip.model)
         self._transforms: dict[str, Callable[[Image.Image], Any]] = {
             kind: build_image_transform(kind, clip.preprocess, target_pad_ratio)
             for kind in PREPROCESSING_CHOICES
         }
         self.placeholder_token_id = self._single_token_id(PLACEHOLDER)
+        self._image_dtype = _image_input_dtype(clip.model)
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +81,8 @@ class EncoderEngine:
     @torch.inference_mode()
     def embed_images(self, kind: str, images: Sequence[Image.Image]) -> np.ndarray:
         transform = self._transforms[kind]
-        batch = torch.stack([transform(image) for image in images]).to(self.device)
+        # fp16 / bf16 models take their pixels in the patch embedding's dtype (open_clip does not cast).
+        batch = torch.stack([transform(image) for image in images]).to(self.device, self._image_dtype)
         features = self.clip.model.encode_image(batch)
         return features.float().cpu().numpy()
 
@@ -115,3 +118,12 @@ class EncoderEngine:
             self.placeholder_token_id,
         )
         return features.float().cpu().numpy()
+
+
+def _image_input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the vision tower's first layer computes in: what its pixel input must be."""
+    visual = getattr(model, "visual", model)
+    for module in visual.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            return module.weight.dtype
+    return next(visual.parameters()).dtype

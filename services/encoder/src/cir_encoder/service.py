@@ -237,9 +237,18 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 raise InvalidArgument(f"prompts[{index}] has neither reference_image nor reference_embedding")
         engine = self.engine
         name, phi = engine.resolve_mapping_network(request.mapping_network)
+        tokenized = engine.tokenize([p.text for p in prompts])
+        # A "$" cut off past the context is no placeholder token: nothing would be injected, and the
+        # prompt would silently ignore the reference.
+        for index, row in enumerate(tokenized.ids):
+            if not bool((row == engine.placeholder_token_id).any()):
+                raise InvalidArgument(
+                    f"prompts[{index}].text has {PLACEHOLDER!r} but no placeholder token within the first "
+                    f"{engine.clip.context_length} tokens: put it near the start "
+                    '(e.g. "a photo of $ that is red")'
+                )
         timer = StageTimer()
         raw = await self._reference_embeddings(prompts, self._preprocessing(request.preprocessing), timer)
-        tokenized = engine.tokenize([p.text for p in prompts])
         assert self._composed_batcher is not None
         with timer.stage("embed_composed"):
             pairs = await self._composed_batcher.submit(
