@@ -187,10 +187,14 @@ def test_the_deadline_aborts_generation_and_the_answer_reports_fallbacks(
 ) -> None:
     backend = engine_reasoner.backend
     aborted, entries = backend.stats.aborted, cache.stats()["entries"]
+    # Long answers for sure: sampled (a greedy random model soon writes the blank line that stops it), a
+    # stop string it never writes, 700 tokens each for 15 captions: far more than 1.5 s of CPU engine steps.
+    # Seeded, so that the finished answers are cacheable.
+    long_answers = sampling(700, temperature=1.0, seed=11, stop=["<no such stop string>"])
     started = time.monotonic()
-    request = edit_request(instruction="is at night under a full moon", sampling=None)
-    response = engine_reasoner.stub.EditCaptions(request, timeout=4.0)
-    assert time.monotonic() - started < 4.0
+    request = edit_request(instruction="is at night under a full moon", sampling=long_answers)
+    response = engine_reasoner.stub.EditCaptions(request, timeout=1.5)
+    assert time.monotonic() - started < 1.5
     failed = [e for e in response.edits if e.outcome == FALLBACK_ERROR]
     assert failed, "every answer finished within the deadline: make the test's deadline shorter"
     for edit in failed:
