@@ -14,6 +14,7 @@ log() { printf '[install] %s\n' "$*" >&2; }
 install_system_packages() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)  # headless, for tests/evaluation/test_eval_report.py
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
     log "missing system packages: ${missing[*]} (run as root or: sudo apt-get install -y ${missing[*]})"

@@ -264,3 +264,40 @@ def test_reasoner_down_gives_a_degraded_flagged_answer(suite, stub):
     # strategies without the LLM are untouched
     assert not _search(stub, reference_id="circle-04", strategy="lincir").degradations
     assert np.isfinite([hit.score for hit in response.hits]).all()
+
+
+def test_captioner_down_drops_the_caption_features_and_flags_it(suite, stub, gallery):
+    suite.kill_service("captioner")
+    image = gallery / "square-17.png"  # by bytes: the reference must be captioned at query time
+    cvsi = _search(stub, image=image, strategy="cvsi", text="make it round", explain=True)
+    assert len(cvsi.hits) == 10 and np.isfinite([hit.score for hit in cvsi.hits]).all()
+    assert "captions" in {d.stage for d in cvsi.degradations}
+    assert list(cvsi.explanation.captions) == []
+    for variant in ("coded", "paper"):
+        request = search_request("shapes", "the same shape but blue", image=image, strategy="weimocir")
+        request.options.weimocir_variant = retriever_pb2.WeiMoCirVariant.Value(
+            f"WEI_MO_CIR_VARIANT_{variant.upper()}"
+        )
+        weimocir = stub.Search(request, timeout=120)
+        assert len(weimocir.hits) == 10, variant
+        assert {"captions", "weimocir_captions"} <= {d.stage for d in weimocir.degradations}, variant
+    # by id, the stored captions stand in: nothing degrades
+    assert not _search(stub, reference_id="square-17", strategy="weimocir").degradations
+
+
+def test_degradations_are_counted(stub):
+    stats = stub.GetServiceStats(retriever_pb2.GetServiceStatsRequest(), timeout=10)
+    # since the restart above: one reasoner-down cvsi search, one cvsi and two weimocir without captions
+    assert stats.degradations_by_stage["edit_captions"] >= 1
+    assert stats.degradations_by_stage["captions"] >= 3
+    assert stats.degradations_by_stage["weimocir_captions"] >= 2
+    assert 4 <= stats.degraded_searches < stats.searches
+    assert stats.started_at
+
+
+def test_encoder_down_is_unavailable(suite, stub):
+    suite.kill_service("encoder")
+    with pytest.raises(grpc.RpcError) as err:
+        _search(stub, reference_id="circle-04", strategy="text_only")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "encoder" in err.value.details()

@@ -70,6 +70,19 @@ def test_replace_delete_and_snapshot_versions(tmp_path):
     assert collection.snapshot().ids == ["a"] and collection.size() == 1
 
 
+def test_a_collection_created_again_never_reuses_a_snapshot_version(tmp_path):
+    """Search caches indexes by (name, version): the new collection's must not match the dropped one's."""
+    store = GalleryStore(tmp_path)
+    old = new_collection(store)
+    old.upsert([record("a", 1), record("b", 2)])
+    old_version = old.snapshot().version
+    store.drop("shoes")
+    new = new_collection(store)
+    new.upsert([record("c", 3)])
+    assert new.snapshot().version != old_version
+    assert new.snapshot().ids == ["c"]
+
+
 def test_names_and_errors(tmp_path):
     store = GalleryStore(tmp_path)
     with pytest.raises(InvalidArgument, match="not valid"):

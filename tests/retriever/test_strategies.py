@@ -24,6 +24,7 @@ from cir_retriever.strategies import (
     WeiMoCirVariant,
     compose_query,
     gallery_matrix,
+    without_missing_caption_slots,
 )
 
 RNG = np.random.default_rng(1234)
@@ -158,6 +159,27 @@ def test_weimocir_coded(a, b):
         REF_V, REF_C[:WEIMOCIR_SLOTS], T, C[:, :WEIMOCIR_SLOTS], gallery().t_v, a, b
     )
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [WeiMoCirVariant.CODED, WeiMoCirVariant.PAPER])
+def test_weimocir_without_reference_captions_keeps_only_its_image_term(variant):
+    """Captioner down: b = 0, the coded query still fits the coded gallery rows (R slots)."""
+    a = 0.8
+    no_captions = QueryInputs(image=REF_V, text=T)
+    opts = without_missing_caption_slots(
+        StrategyName.WEIMOCIR, no_captions, options(weimocir_a=a, weimocir_variant=variant), WEIMOCIR_SLOTS
+    )
+    assert opts.weimocir_b == 0.0
+    q_img = unit((1 - a) * REF_V + a * T)
+    check(
+        service_scores(StrategyName.WEIMOCIR, no_captions, opts), [cos(q_img, V[n]) for n in range(N_GALLERY)]
+    )
+
+
+def test_only_weimocir_without_captions_changes_its_options():
+    opts = options()
+    assert without_missing_caption_slots(StrategyName.CVSI, QueryInputs(image=REF_V), opts, 3) is opts
+    assert without_missing_caption_slots(StrategyName.WEIMOCIR, inputs(), opts, 3) is opts
 
 
 @pytest.mark.parametrize(("a", "b"), [(0.8, 0.1), (0.95, 0.2)])

@@ -103,6 +103,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval_arguments(parser: argparse.ArgumentParser, synthetic: bool = False) -> None:
+    try:
+        from cir_retriever.evaluation.cli import add_arguments, add_synthetic_arguments
+    except ModuleNotFoundError as exc:  # an image without the retriever package: say so when used
+        error = exc
+
+        def missing(_: argparse.Namespace) -> int:
+            raise error
+
+        parser.set_defaults(handler=missing)
+        return
+    (add_synthetic_arguments if synthetic else add_arguments)(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cir_common.retriever_client import PRESETS, STRATEGIES
 
@@ -160,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     search.add_argument("--address", default=DEFAULT_ADDRESS)
     search.set_defaults(handler=_search)
+
+    evaluation = commands.add_parser(
+        "eval", help="evaluate on CIRCO, CIRR or FashionIQ with the official protocols (metrics, report)"
+    )
+    _add_eval_arguments(evaluation)
+    synthetic = commands.add_parser(
+        "synthetic-dataset", help="write a tiny CIRCO / CIRR / FashionIQ split in its official layout"
+    )
+    _add_eval_arguments(synthetic, synthetic=True)
 
     models = commands.add_parser("models", help="model packs")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")

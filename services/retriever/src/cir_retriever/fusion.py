@@ -118,23 +118,34 @@ def ldre_weighted_query(edit_features: np.ndarray, slot_weights: np.ndarray) -> 
     return (slot_weights[:, None] * normalize(edit_features)).sum(axis=0)
 
 
-def ldre_adaptive_weights(
-    edited: np.ndarray, original: np.ndarray, gallery: np.ndarray, top: int = 5, temperature: float = 0.04
+def ldre_slot_scores(
+    edited: np.ndarray, original: np.ndarray, gallery: np.ndarray, top: int = 5
 ) -> np.ndarray:
-    """LDRE's global slot weights over a set of queries.
+    """LDRE's per-slot scores s_i over a set of queries (sums over queries: chunks of queries add up).
 
     edited, original: (queries, slots, d) normalised features of edited and original captions; gallery:
-    (n, d) normalised image features. D = -min(G_i I^T - B_i I^T, 0); each slot's score s_i sums the top
-    `top` values of D per query over all queries; w = softmax(s / max(s) / temperature).
+    (n, d) normalised image features. D = -min(G_i I^T - B_i I^T, 0); s_i sums the top `top` values of D
+    per query over all queries.
     """
     gain = np.einsum("qsd,nd->qsn", edited, gallery) - np.einsum("qsd,nd->qsn", original, gallery)
     drop = -np.minimum(gain, 0.0)
     top_values = -np.sort(-drop, axis=-1)[..., :top]
-    slot_scores = top_values.sum(axis=(0, 2))
+    return top_values.sum(axis=(0, 2))
+
+
+def ldre_weights_from_scores(slot_scores: np.ndarray, temperature: float = 0.04) -> np.ndarray:
+    """w = softmax(s / max(s) / temperature)."""
     logits = slot_scores / max(float(slot_scores.max()), _EPS) / temperature
     logits -= logits.max()
     weights = np.exp(logits)
     return weights / weights.sum()
+
+
+def ldre_adaptive_weights(
+    edited: np.ndarray, original: np.ndarray, gallery: np.ndarray, top: int = 5, temperature: float = 0.04
+) -> np.ndarray:
+    """LDRE's global slot weights over a set of queries (method.md 4)."""
+    return ldre_weights_from_scores(ldre_slot_scores(edited, original, gallery, top), temperature)
 
 
 # --- WeiMoCIR (method.md 4.1) ---------------------------------------------------------------------

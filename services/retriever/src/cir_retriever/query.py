@@ -95,6 +95,8 @@ class QueryRequest:
     options: Options
     needs: Requirements
     collection: CollectionSettings
+    # Also embed every caption of the reference (returned to the caller, not used for the ranking).
+    reference_captions: bool = False
 
 
 # CLIP reads 77 tokens (a few hundred characters of ordinary text) and cuts the rest; LLM output can
@@ -380,6 +382,12 @@ class _StageRunner:
             return None
         return await self._embed_texts("embed_reference_captions", captions[:WEIMOCIR_SLOTS])
 
+    async def reference_captions(self, captions_task: asyncio.Task[list[str]]) -> np.ndarray | None:
+        captions = await captions_task
+        if not captions:
+            return None
+        return await self._embed_texts("embed_reference_captions_all", captions)
+
     # -- the graph -------------------------------------------------------------------------------------
 
     async def all(self) -> QueryInputs:
@@ -401,6 +409,8 @@ class _StageRunner:
                 await tasks.start("captioning", self.captioning_text(captions_task))
             if self.r.strategy is StrategyName.WEIMOCIR and captions_task is not None:
                 await tasks.start("slots", self.caption_slots(captions_task))
+            if self.r.reference_captions and captions_task is not None:
+                await tasks.start("all_captions", self.reference_captions(captions_task))
             await asyncio.gather(*tasks.all())
         finally:
             # One stage failed (or the caller went away): leave no work running behind the answer.
@@ -414,4 +424,5 @@ class _StageRunner:
             pseudo_prompt=results.get("pseudo"),
             edits=results.get("edits"),
             caption_slots=results.get("slots"),
+            reference_captions=results.get("all_captions"),
         )

@@ -7,11 +7,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2
@@ -20,6 +20,7 @@ from cir_common.errors import FailedPrecondition, InvalidArgument, NotFound, Una
 from cir_common.images import ImageLimits, content_hash, decode_image
 from cir_common.request_context import outgoing_metadata
 from cir_retriever.downstream import Budget, ModelServices
+from cir_retriever.feature_protos import gallery_page_to_proto, query_features_to_proto
 from cir_retriever.index import IndexCache
 from cir_retriever.ingest import IngestPipeline, ItemOutcome, PendingImage
 from cir_retriever.options import (
@@ -45,6 +46,7 @@ from cir_retriever.strategies import (
     compose_query,
     gallery_matrix,
     requirements,
+    without_missing_caption_slots,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ _STATUS = {
     "failed": retriever_pb2.ITEM_STATUS_FAILED,
 }
 _ENCODER_INFO_TTL_S = 30.0
+_EXPORT_PAGE_SIZE = 256
+_EXPORT_MAX_PAGE_SIZE = 1024  # keeps a page of ViT-bigG features (d=1280) under 32 MiB
 
 
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
@@ -72,6 +76,9 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self.ingest = IngestPipeline(self.services, settings.default_timeout_s)
         self.indexes = IndexCache()
         self.degradations: Counter[str] = Counter()
+        self.searches = 0
+        self.degraded_searches = 0
+        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         self._encoder_info: tuple[float, encoder_pb2.GetModelInfoResponse] | None = None
 
@@ -372,15 +379,24 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 raise FailedPrecondition(f"strategy {strategy.value} is not available: {why}")
 
         needs = requirements(strategy, options)
-        query = QueryRequest(reference, text, strategy, options, needs, manifest.settings)
+        query = QueryRequest(
+            reference, text, strategy, options, needs, manifest.settings, request.return_features
+        )
         inputs, trace = await self.pipeline.run(query, budget)
-        if strategy is StrategyName.WEIMOCIR and inputs.caption_slots is None:
-            options = _without_caption_term(options, trace)
-            inputs.caption_slots = np.zeros((1, inputs.image.shape[0]), np.float32)
+        snapshot = await asyncio.to_thread(collection.snapshot)
+        slots = snapshot.features.caption_slots.shape[1]
+        if (filled := without_missing_caption_slots(strategy, inputs, options, slots)) is not options:
+            options = filled
+            trace.degradations.append(
+                Degradation(
+                    "weimocir_captions",
+                    "no reference captions",
+                    "caption term dropped (b = 0): image term only",
+                )
+            )
         q, spec = compose_query(strategy, inputs, options)
 
         with trace.timer.stage("search"):
-            snapshot = await asyncio.to_thread(collection.snapshot)
             index = await asyncio.to_thread(
                 self.indexes.get,
                 (manifest.name, snapshot.version, spec),
@@ -389,6 +405,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             scores, rows = await asyncio.to_thread(index.search, q[None, :], top_k)
         ids = [snapshot.ids[r] for r in rows[0] if r >= 0]
         metadata = await asyncio.to_thread(collection.metadata, ids)
+        self.searches += 1
+        self.degraded_searches += bool(trace.degradations)
         for degradation in trace.degradations:
             self.degradations[degradation.stage] += 1
         return retriever_pb2.SearchResponse(
@@ -407,6 +425,30 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             degradations=[retriever_pb2.Degradation(**asdict(d)) for d in trace.degradations],
             timings=trace.timer.as_protos(),
             collection_size=len(snapshot.ids),
+            features=query_features_to_proto(inputs) if request.return_features else None,
+        )
+
+    async def ExportGalleryFeatures(
+        self, request: retriever_pb2.ExportGalleryFeaturesRequest, context: object
+    ) -> AsyncIterator[retriever_pb2.ExportGalleryFeaturesResponse]:
+        page = request.page_size or _EXPORT_PAGE_SIZE
+        if page > _EXPORT_MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size = {page} is over the limit of {_EXPORT_MAX_PAGE_SIZE}")
+        collection = await self._open(request.collection)
+        snapshot = await asyncio.to_thread(collection.snapshot)
+        total = len(snapshot.ids)
+        for start in range(0, total, page):
+            rows = range(start, min(start + page, total))
+            yield gallery_page_to_proto(snapshot.ids, snapshot.uris, snapshot.features, rows, total)
+
+    async def GetServiceStats(
+        self, request: retriever_pb2.GetServiceStatsRequest, context: object
+    ) -> retriever_pb2.GetServiceStatsResponse:
+        return retriever_pb2.GetServiceStatsResponse(
+            searches=self.searches,
+            degraded_searches=self.degraded_searches,
+            degradations_by_stage=dict(self.degradations),
+            started_at=self._started_at,
         )
 
     async def _reference(self, request: retriever_pb2.SearchRequest, collection: Collection) -> Reference:
@@ -428,15 +470,6 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
 
 def _fields(progress: retriever_pb2.IngestProgress) -> dict[str, int]:
     return {f.name: getattr(progress, f.name) for f in progress.DESCRIPTOR.fields}
-
-
-def _without_caption_term(options: Options, trace: Trace) -> Options:
-    trace.degradations.append(
-        Degradation(
-            "weimocir_captions", "no reference captions", "caption term dropped (b = 0): image term only"
-        )
-    )
-    return replace(options, weimocir_b=0.0)
 
 
 def _resolved(strategy: StrategyName, preset: Preset, options: Options) -> retriever_pb2.ResolvedStrategy:

@@ -10,6 +10,7 @@ without running a model again.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -26,6 +27,10 @@ from cir_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from cir_common.vectors import pack_f32, pack_f32_matrix, unpack_f32, unpack_f32_matrix
 from cir_retriever.fusion import normalize
 from cir_retriever.strategies import GalleryFeatures
+
+# Snapshot versions are unique across every Collection object of the process: a collection dropped and
+# created again under the same name never reuses a version, so no cached index of the old one matches.
+_VERSIONS = itertools.count(1)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DB_FILE = "gallery.sqlite"
@@ -108,7 +113,7 @@ class Collection:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._version = 0
+        self._version = next(_VERSIONS)
         self._snapshot: Snapshot | None = None
 
     def close(self) -> None:
@@ -186,7 +191,7 @@ class Collection:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._version += 1
+            self._version = next(_VERSIONS)
 
     def delete(self, ids: Sequence[str]) -> tuple[int, list[str]]:
         with self._lock:
@@ -200,7 +205,7 @@ class Collection:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._version += 1
+            self._version = next(_VERSIONS)
         return len(present), [i for i in ids if i not in present]
 
     def get(self, image_id: str) -> ImageRecord | None:

@@ -7,7 +7,7 @@ searched against (an inner-product search). The arithmetic itself lives in `fusi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -137,6 +137,8 @@ class QueryInputs:
     pseudo_prompt: np.ndarray | None = None
     edits: np.ndarray | None = None  # (M, d)
     caption_slots: np.ndarray | None = None  # (R, d): the reference's first R caption features
+    # (N, d): every caption of the reference; computed only when asked for (LDRE's adaptive weights)
+    reference_captions: np.ndarray | None = None
 
 
 def compose_query(
@@ -169,6 +171,20 @@ def compose_query(
     spec = GallerySpec(GalleryKind.CVSI, options.gamma, options.caption_features_renormalized, options.score)
     # For cosine the gallery rows are t/|t|; scaling q to unit length makes q . row the cosine itself.
     return (normalize(q) if options.score is ScoreFunction.COSINE else q), spec
+
+
+def without_missing_caption_slots(
+    strategy: StrategyName, inputs: QueryInputs, options: Options, gallery_slots: int
+) -> Options:
+    """WeiMoCIR with no reference captions keeps only its image term (b = 0); other strategies unchanged.
+
+    Fills `inputs.caption_slots` with `gallery_slots` zero slots (the gallery's R), so the coded query
+    keeps the width of the coded gallery rows it is searched against.
+    """
+    if strategy is not StrategyName.WEIMOCIR or inputs.caption_slots is not None:
+        return options
+    inputs.caption_slots = np.zeros((max(gallery_slots, 1), inputs.image.shape[0]), np.float32)
+    return replace(options, weimocir_b=0.0)
 
 
 def _weimocir(inputs: QueryInputs, options: Options) -> tuple[np.ndarray, GallerySpec]:

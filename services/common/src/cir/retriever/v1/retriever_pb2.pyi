@@ -229,7 +229,7 @@ class DeleteCollectionResponse(_message.Message):
     def __init__(self, deleted_images: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "reference_image", "reference_id", "modification_text", "strategy", "preset", "weights", "options", "top_k", "explain")
+    __slots__ = ("collection", "reference_image", "reference_id", "modification_text", "strategy", "preset", "weights", "options", "top_k", "explain", "return_features")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +240,7 @@ class SearchRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    RETURN_FEATURES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     reference_image: _common_pb2.Image
     reference_id: str
@@ -250,7 +251,8 @@ class SearchRequest(_message.Message):
     options: StrategyOptions
     top_k: int
     explain: bool
-    def __init__(self, collection: _Optional[str] = ..., reference_image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., reference_id: _Optional[str] = ..., modification_text: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., preset: _Optional[_Union[Preset, str]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., options: _Optional[_Union[StrategyOptions, _Mapping]] = ..., top_k: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
+    return_features: bool
+    def __init__(self, collection: _Optional[str] = ..., reference_image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., reference_id: _Optional[str] = ..., modification_text: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., preset: _Optional[_Union[Preset, str]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., options: _Optional[_Union[StrategyOptions, _Mapping]] = ..., top_k: _Optional[int] = ..., explain: _Optional[bool] = ..., return_features: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("id", "score", "uri", "metadata")
@@ -337,20 +339,40 @@ class Explanation(_message.Message):
     def __init__(self, captions: _Optional[_Iterable[str]] = ..., edited_captions: _Optional[_Iterable[str]] = ..., added_objects: _Optional[str] = ..., fine_grained_prompt: _Optional[str] = ..., edit_outcomes: _Optional[_Iterable[str]] = ..., objects_outcome: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "resolved", "explanation", "degradations", "timings", "collection_size")
+    __slots__ = ("hits", "resolved", "explanation", "degradations", "timings", "collection_size", "features")
     HITS_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     DEGRADATIONS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     resolved: ResolvedStrategy
     explanation: Explanation
     degradations: _containers.RepeatedCompositeFieldContainer[Degradation]
     timings: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
     collection_size: int
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., resolved: _Optional[_Union[ResolvedStrategy, _Mapping]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ..., collection_size: _Optional[int] = ...) -> None: ...
+    features: QueryFeatures
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., resolved: _Optional[_Union[ResolvedStrategy, _Mapping]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ..., collection_size: _Optional[int] = ..., features: _Optional[_Union[QueryFeatures, _Mapping]] = ...) -> None: ...
+
+class QueryFeatures(_message.Message):
+    __slots__ = ("reference_image", "modification_text", "captioning_text", "pseudo_token_prompt", "edited_captions", "reference_caption_slots", "reference_captions")
+    REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODIFICATION_TEXT_FIELD_NUMBER: _ClassVar[int]
+    CAPTIONING_TEXT_FIELD_NUMBER: _ClassVar[int]
+    PSEUDO_TOKEN_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    EDITED_CAPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_CAPTION_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_CAPTIONS_FIELD_NUMBER: _ClassVar[int]
+    reference_image: _common_pb2.Vector
+    modification_text: _common_pb2.Vector
+    captioning_text: _common_pb2.Vector
+    pseudo_token_prompt: _common_pb2.Vector
+    edited_captions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    reference_caption_slots: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    reference_captions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    def __init__(self, reference_image: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., modification_text: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., captioning_text: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., pseudo_token_prompt: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., edited_captions: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., reference_caption_slots: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., reference_captions: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ...) -> None: ...
 
 class GetCollectionInfoRequest(_message.Message):
     __slots__ = ("collection",)
@@ -417,3 +439,56 @@ class ListStrategiesResponse(_message.Message):
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
     strategies: _containers.RepeatedCompositeFieldContainer[StrategyInfo]
     def __init__(self, strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ...) -> None: ...
+
+class ExportGalleryFeaturesRequest(_message.Message):
+    __slots__ = ("collection", "page_size")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    page_size: int
+    def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class GalleryImageFeatures(_message.Message):
+    __slots__ = ("id", "uri", "image", "caption_mean", "caption_slots")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_MEAN_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    uri: str
+    image: _common_pb2.Vector
+    caption_mean: _common_pb2.Vector
+    caption_slots: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_mean: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_slots: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ...) -> None: ...
+
+class ExportGalleryFeaturesResponse(_message.Message):
+    __slots__ = ("images", "total")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[GalleryImageFeatures]
+    total: int
+    def __init__(self, images: _Optional[_Iterable[_Union[GalleryImageFeatures, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class GetServiceStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServiceStatsResponse(_message.Message):
+    __slots__ = ("searches", "degraded_searches", "degradations_by_stage", "started_at")
+    class DegradationsByStageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SEARCHES_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_SEARCHES_FIELD_NUMBER: _ClassVar[int]
+    DEGRADATIONS_BY_STAGE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    searches: int
+    degraded_searches: int
+    degradations_by_stage: _containers.ScalarMap[str, int]
+    started_at: str
+    def __init__(self, searches: _Optional[int] = ..., degraded_searches: _Optional[int] = ..., degradations_by_stage: _Optional[_Mapping[str, int]] = ..., started_at: _Optional[str] = ...) -> None: ...

@@ -75,6 +75,16 @@ class RetrieverServiceStub:
                 request_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ListStrategiesRequest.SerializeToString,
                 response_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ListStrategiesResponse.FromString,
                 _registered_method=True)
+        self.ExportGalleryFeatures = channel.unary_stream(
+                '/cir.retriever.v1.RetrieverService/ExportGalleryFeatures',
+                request_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ExportGalleryFeaturesRequest.SerializeToString,
+                response_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ExportGalleryFeaturesResponse.FromString,
+                _registered_method=True)
+        self.GetServiceStats = channel.unary_unary(
+                '/cir.retriever.v1.RetrieverService/GetServiceStats',
+                request_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsRequest.SerializeToString,
+                response_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
@@ -137,6 +147,22 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportGalleryFeatures(self, request, context):
+        """Streams a collection's stored gallery features in pages (id order), for offline evaluation and
+        re-scoring: with SearchRequest.return_features, every score the service computes can be recomputed
+        without model calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServiceStats(self, request, context):
+        """This replica's counters since it started: searches answered and degradations by stage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +205,16 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.ListStrategies,
                     request_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ListStrategiesRequest.FromString,
                     response_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ListStrategiesResponse.SerializeToString,
+            ),
+            'ExportGalleryFeatures': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportGalleryFeatures,
+                    request_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ExportGalleryFeaturesRequest.FromString,
+                    response_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ExportGalleryFeaturesResponse.SerializeToString,
+            ),
+            'GetServiceStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceStats,
+                    request_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsRequest.FromString,
+                    response_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +434,60 @@ class RetrieverService:
             '/cir.retriever.v1.RetrieverService/ListStrategies',
             cir_dot_retriever_dot_v1_dot_retriever__pb2.ListStrategiesRequest.SerializeToString,
             cir_dot_retriever_dot_v1_dot_retriever__pb2.ListStrategiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportGalleryFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cir.retriever.v1.RetrieverService/ExportGalleryFeatures',
+            cir_dot_retriever_dot_v1_dot_retriever__pb2.ExportGalleryFeaturesRequest.SerializeToString,
+            cir_dot_retriever_dot_v1_dot_retriever__pb2.ExportGalleryFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cir.retriever.v1.RetrieverService/GetServiceStats',
+            cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsRequest.SerializeToString,
+            cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

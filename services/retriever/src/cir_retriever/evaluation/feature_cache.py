@@ -1,0 +1,169 @@
+"""The evaluation's on-disk cache: gallery features and, per query, the model outputs behind its ranking.
+
+Layout under the run's --out folder:
+  features/gallery-<key>.npz            ids, t_v, caption_mean, caption_slots of one gallery
+  features/queries-<signature>.jsonl    one line per finished query: LLM outputs + raw query features
+  ingest/<collection>.done              ids the retriever committed (resume skips them)
+
+A query file is appended one line per query as soon as it finishes, so an interrupted run resumes
+where it stopped. The signature names what determines the query-side features (the strategy's
+requirements, the edit template and caption selection): runs that differ only in weights share it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cir_retriever.strategies import GalleryFeatures, Options, QueryInputs, StrategyName, requirements
+
+# QueryInputs fields besides `image` (always present); None ones are not written.
+_OPTIONAL_FIELDS = (
+    "text",
+    "captioning_text",
+    "pseudo_prompt",
+    "edits",
+    "caption_slots",
+    "reference_captions",
+)
+
+
+def input_signature(strategy: StrategyName, options: Options) -> str:
+    """Names the query features a strategy with these options computes (weights do not change them)."""
+    needs = requirements(strategy, options)
+    uses_template = needs.edits is not None
+    described = {
+        "needs": {k: (str(v) if v is not None else None) for k, v in asdict(needs).items()},
+        "edit_template": options.edit_template if uses_template else "",
+        "objects_caption_selection": str(options.objects_caption_selection) if needs.objects else "",
+        "weimocir_slots": strategy is StrategyName.WEIMOCIR,
+    }
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{strategy.value}-{digest}"
+
+
+def _encode(array: np.ndarray) -> dict[str, object]:
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return {"shape": list(data.shape), "f32le": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def _decode(blob: dict[str, object]) -> np.ndarray:
+    raw = base64.b64decode(str(blob["f32le"]))
+    return np.frombuffer(raw, dtype="<f4").reshape([int(d) for d in blob["shape"]]).astype(np.float32)  # type: ignore[union-attr]
+
+
+@dataclass
+class QueryRecord:
+    """One finished query: the service's answer, what the LLM said, and the raw query features."""
+
+    query_id: str
+    service_ranking: list[str]
+    service_scores: list[float]
+    inputs: QueryInputs
+    captions: list[str] = field(default_factory=list)
+    edited_captions: list[str] = field(default_factory=list)
+    added_objects: str = ""
+    prompt: str = ""
+    degradations: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        features = {"image": _encode(self.inputs.image)}
+        for name in _OPTIONAL_FIELDS:
+            value = getattr(self.inputs, name)
+            if value is not None:
+                features[name] = _encode(value)
+        body = {
+            "query_id": self.query_id,
+            "service_ranking": self.service_ranking,
+            "service_scores": self.service_scores,
+            "captions": self.captions,
+            "edited_captions": self.edited_captions,
+            "added_objects": self.added_objects,
+            "prompt": self.prompt,
+            "degradations": self.degradations,
+            "features": features,
+        }
+        return json.dumps(body, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> QueryRecord:
+        body = json.loads(line)
+        features = {name: _decode(blob) for name, blob in body.pop("features").items()}
+        inputs = QueryInputs(image=features.pop("image"), **features)
+        return cls(inputs=inputs, **body)
+
+
+class QueryCache:
+    """Append-only JSON lines of QueryRecords for one input signature."""
+
+    def __init__(self, out: Path, signature: str) -> None:
+        self.path = out / "features" / f"queries-{signature}.jsonl"
+
+    def load(self) -> dict[str, QueryRecord]:
+        if not self.path.exists():
+            return {}
+        records: dict[str, QueryRecord] = {}
+        with self.path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = QueryRecord.from_json(line)
+                except (ValueError, KeyError, TypeError) as error:
+                    # A line cut short by an interrupted run: that query is simply run again.
+                    if line.endswith("\n"):
+                        raise ValueError(f"{self.path}:{number} is not a query record: {error}") from error
+                    continue
+                records[record.query_id] = record
+        return records
+
+    def append(self, record: QueryRecord) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(record.to_json() + "\n")
+
+
+def gallery_cache_path(out: Path, key: str) -> Path:
+    return out / "features" / f"gallery-{key or 'all'}.npz"
+
+
+def save_gallery(path: Path, ids: list[str], features: GalleryFeatures) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(
+        partial,
+        ids=np.array(ids, dtype=str),
+        t_v=features.t_v,
+        caption_mean=features.caption_mean,
+        caption_slots=features.caption_slots,
+    )
+    partial.replace(path)  # never leave a half-written cache under the real name
+
+
+def load_gallery(path: Path) -> tuple[list[str], GalleryFeatures]:
+    with np.load(path) as data:
+        return [str(i) for i in data["ids"]], GalleryFeatures(
+            t_v=data["t_v"], caption_mean=data["caption_mean"], caption_slots=data["caption_slots"]
+        )
+
+
+class IngestJournal:
+    """Ids a collection has committed, so an interrupted ingestion resumes without resending them."""
+
+    def __init__(self, out: Path, collection: str) -> None:
+        self.path = out / "ingest" / f"{collection}.done"
+
+    def done(self) -> set[str]:
+        if not self.path.exists():
+            return set()
+        return {line for line in self.path.read_text(encoding="utf-8").splitlines() if line}
+
+    def add(self, ids: list[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.writelines(i + "\n" for i in ids)

@@ -1,0 +1,150 @@
+"""Rankings recomputed from cached features: the service's scoring, offline, for any weights.
+
+The query vector and the gallery matrix come from the same `compose_query` / `gallery_matrix` the
+service uses, so a re-score with the run's own settings reproduces the service's ranking; the only
+evaluation-time addition is LDRE's adaptive slot weights (method.md 4), which need the whole query set.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cir_retriever import fusion
+from cir_retriever.evaluation.feature_cache import QueryRecord
+from cir_retriever.fusion import normalize
+from cir_retriever.strategies import (
+    GalleryFeatures,
+    GalleryKind,
+    GallerySpec,
+    Options,
+    StrategyName,
+    compose_query,
+    gallery_matrix,
+    without_missing_caption_slots,
+)
+
+# Queries scored per matrix product: bounds memory at queries x gallery floats.
+_QUERY_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Gallery:
+    ids: list[str]
+    features: GalleryFeatures
+
+
+@dataclass(frozen=True)
+class Ranked:
+    ids: list[str]
+    scores: list[float]
+
+
+def top_rows(scores: np.ndarray, depth: int | None) -> np.ndarray:
+    """Row indices of each score row's best `depth` (None: all), best first; ties keep gallery order."""
+    n = scores.shape[1]
+    if depth is None or depth >= n:
+        return np.argsort(-scores, axis=1, kind="stable")
+    part = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def query_vector(
+    strategy: StrategyName,
+    options: Options,
+    record: QueryRecord,
+    ldre_weights: np.ndarray | None,
+    gallery_slots: int,
+) -> tuple[np.ndarray, GallerySpec]:
+    inputs = record.inputs
+    edits = inputs.edits
+    weighted = strategy is StrategyName.LDRE and ldre_weights is not None and edits is not None
+    if weighted and len(edits) == len(ldre_weights):  # type: ignore[arg-type]
+        return fusion.ldre_weighted_query(edits, ldre_weights), GallerySpec(GalleryKind.IMAGE)
+    options = without_missing_caption_slots(strategy, inputs, options, gallery_slots)
+    return compose_query(strategy, inputs, options)
+
+
+def rank_queries(
+    strategy: StrategyName,
+    options: Options,
+    records: Mapping[str, QueryRecord],
+    galleries: Mapping[str, Gallery],
+    gallery_of: Mapping[str, str],
+    depth: int | None,
+    ldre_weights: np.ndarray | None = None,
+) -> dict[str, Ranked]:
+    """Every query's ranking against its gallery (`gallery_of[query id]` names it), best first."""
+    groups: dict[tuple[str, GallerySpec], list[tuple[str, np.ndarray]]] = {}
+    for query_id, record in records.items():
+        slots = galleries[gallery_of[query_id]].features.caption_slots.shape[1]
+        q, spec = query_vector(strategy, options, record, ldre_weights, slots)
+        groups.setdefault((gallery_of[query_id], spec), []).append((query_id, q))
+    ranked: dict[str, Ranked] = {}
+    for (key, spec), members in groups.items():
+        gallery = galleries[key]
+        matrix = gallery_matrix(spec, gallery.features)
+        for start in range(0, len(members), _QUERY_CHUNK):
+            chunk = members[start : start + _QUERY_CHUNK]
+            scores = np.stack([q for _, q in chunk]) @ matrix.T
+            rows = top_rows(scores, depth)
+            for (query_id, _), row_ids, row_scores in zip(chunk, rows, scores, strict=True):
+                ranked[query_id] = Ranked(
+                    ids=[gallery.ids[r] for r in row_ids], scores=[float(row_scores[r]) for r in row_ids]
+                )
+    return ranked
+
+
+@dataclass(frozen=True)
+class LdreWeights:
+    weights: np.ndarray
+    queries_used: int
+    queries_skipped: int
+
+
+def ldre_weights(
+    records: Mapping[str, QueryRecord],
+    galleries: Mapping[str, Gallery],
+    gallery_of: Mapping[str, str],
+    top: int = 5,
+    temperature: float = 0.04,
+) -> LdreWeights:
+    """LDRE's global slot weights over the query set (method.md 4).
+
+    Uses the queries whose edits and original captions have the common slot count (a degraded query
+    with fewer edits has no slot i to compare); the rest keep the mean form.
+    """
+    usable = [
+        (query_id, r)
+        for query_id, r in records.items()
+        if r.inputs.edits is not None
+        and r.inputs.reference_captions is not None
+        and len(r.inputs.edits) == len(r.inputs.reference_captions)
+    ]
+    if not usable:
+        raise ValueError(
+            "LDRE's adaptive weights need per-caption edits and the reference captions' features in the "
+            "cache: run the evaluation with --strategy ldre first"
+        )
+    slots = Counter(len(r.inputs.edits) for _, r in usable).most_common(1)[0][0]  # type: ignore[arg-type]
+    usable = [(query_id, r) for query_id, r in usable if len(r.inputs.edits) == slots]  # type: ignore[arg-type]
+    total = np.zeros(slots)
+    by_gallery: dict[str, list[QueryRecord]] = {}
+    for query_id, record in usable:
+        by_gallery.setdefault(gallery_of[query_id], []).append(record)
+    for key, members in by_gallery.items():
+        images = galleries[key].features.t_v
+        for start in range(0, len(members), 16):
+            chunk: Sequence[QueryRecord] = members[start : start + 16]
+            edited = normalize(np.stack([r.inputs.edits for r in chunk]))  # type: ignore[misc]
+            original = normalize(np.stack([r.inputs.reference_captions for r in chunk]))  # type: ignore[misc]
+            total += fusion.ldre_slot_scores(edited, original, images, top)
+    return LdreWeights(
+        weights=fusion.ldre_weights_from_scores(total, temperature),
+        queries_used=len(usable),
+        queries_skipped=len(records) - len(usable),
+    )
