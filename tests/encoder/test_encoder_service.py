@@ -48,6 +48,10 @@ def _matrix(vectors) -> np.ndarray:
     return np.stack([vector_from_proto(v) for v in vectors])
 
 
+def _text_matrix(embeddings) -> np.ndarray:
+    return _matrix([e.embedding for e in embeddings])
+
+
 @pytest.fixture(scope="module")
 def placeholder_phi(tiny_pack, tiny_clip, tmp_path_factory):
     """A LinCIR-format Phi whose output is always the placeholder's own token embedding."""
@@ -102,6 +106,7 @@ def test_model_info(encoder):
     assert {n.model.family for n in info.mapping_networks if n.name == "pic2word"} == {"pic2word"}
     assert [n.name for n in info.mapping_networks if n.is_default] == ["lincir"]
     assert info.device == "cpu"
+    assert not info.normalized_by_default
 
 
 def test_batched_images_equal_one_at_a_time(encoder):
@@ -121,6 +126,44 @@ def test_batched_images_equal_one_at_a_time(encoder):
     assert batched.shape == (4, 32)
     np.testing.assert_allclose(batched, singles, atol=1e-5)
     assert np.linalg.norm(batched, axis=1).min() > 0
+
+
+def test_batched_texts_and_composed_prompts_equal_one_at_a_time(encoder):
+    texts = ["a red dress", "a photo of $ that is blue", "the same street at night without people", "$"]
+    batched = _text_matrix(
+        encoder.stub.EmbedTexts(encoder_pb2.EmbedTextsRequest(texts=texts, bypass_cache=True)).embeddings
+    )
+    singles = np.stack(
+        [
+            _text_matrix(
+                encoder.stub.EmbedTexts(
+                    encoder_pb2.EmbedTextsRequest(texts=[t], bypass_cache=True)
+                ).embeddings
+            )[0]
+            for t in texts
+        ]
+    )
+    np.testing.assert_allclose(batched, singles, atol=1e-5)
+
+    prompts = [
+        encoder_pb2.ComposedPrompt(text=text, reference_image=_image(seed))
+        for seed, text in enumerate(["a photo of $ that is red", "$ at night", "a $ and a $ together"])
+    ]
+    composed = _text_matrix(
+        encoder.stub.EmbedComposedPrompts(encoder_pb2.EmbedComposedPromptsRequest(prompts=prompts)).embeddings
+    )
+    one_by_one = np.stack(
+        [
+            _text_matrix(
+                encoder.stub.EmbedComposedPrompts(
+                    encoder_pb2.EmbedComposedPromptsRequest(prompts=[p])
+                ).embeddings
+            )[0]
+            for p in prompts
+        ]
+    )
+    np.testing.assert_allclose(composed, one_by_one, atol=1e-5)
+    assert len({row.tobytes() for row in composed}) == len(prompts)
 
 
 def test_normalize_and_formats(encoder):

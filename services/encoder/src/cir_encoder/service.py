@@ -324,4 +324,5 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             device=clip.device,
             dtype=clip.precision,
             max_batch_items=self.settings.max_items_per_request,
+            normalized_by_default=False,
         )

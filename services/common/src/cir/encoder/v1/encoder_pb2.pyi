@@ -144,7 +144,7 @@ class MappingNetworkInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., input_dim: _Optional[int] = ..., output_dim: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "embedding_dim", "text_width", "context_length", "placeholder_token_id", "default_preprocessing", "target_pad_ratio", "image_size", "mapping_networks", "device", "dtype", "max_batch_items")
+    __slots__ = ("model", "embedding_dim", "text_width", "context_length", "placeholder_token_id", "default_preprocessing", "target_pad_ratio", "image_size", "mapping_networks", "device", "dtype", "max_batch_items", "normalized_by_default")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     TEXT_WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class GetModelInfoResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_BY_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelIdentity
     embedding_dim: int
     text_width: int
@@ -169,4 +170,5 @@ class GetModelInfoResponse(_message.Message):
     device: str
     dtype: str
     max_batch_items: int
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., text_width: _Optional[int] = ..., context_length: _Optional[int] = ..., placeholder_token_id: _Optional[int] = ..., default_preprocessing: _Optional[_Union[Preprocessing, str]] = ..., target_pad_ratio: _Optional[float] = ..., image_size: _Optional[int] = ..., mapping_networks: _Optional[_Iterable[_Union[MappingNetworkInfo, _Mapping]]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_batch_items: _Optional[int] = ...) -> None: ...
+    normalized_by_default: bool
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., text_width: _Optional[int] = ..., context_length: _Optional[int] = ..., placeholder_token_id: _Optional[int] = ..., default_preprocessing: _Optional[_Union[Preprocessing, str]] = ..., target_pad_ratio: _Optional[float] = ..., image_size: _Optional[int] = ..., mapping_networks: _Optional[_Iterable[_Union[MappingNetworkInfo, _Mapping]]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_batch_items: _Optional[int] = ..., normalized_by_default: _Optional[bool] = ...) -> None: ...
