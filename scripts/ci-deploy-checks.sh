@@ -12,7 +12,8 @@
 #                       TypeScript; javac on the Java (Debian's protobuf-java 3.21 and grpc-java 1.41)
 #   7. Go client        GOPATH-mode build against Debian's grpc-go
 #   8. end to end       `cir serve` (tiny models) in the background, index samples/gallery, the Node and Go
-#                       clients search it; the answers must hold top_k ids of the sample gallery
+#                       clients search it; the answers must hold top_k ids of the sample gallery, ranked as
+#                       the Python client (`cir search`) ranks the same query
 # Exits non-zero on the first failure; stops every process it started. Needs root for apt-get (or the packages
 # already installed).
 #
@@ -307,14 +308,16 @@ find samples/gallery -maxdepth 1 -type f \( -name '*.png' -o -name '*.jpg' -o -n
   sed 's/\.[^.]*$//' | sort >"$EXPECTED_IDS"
 REFERENCE="$(find samples/gallery -maxdepth 1 -type f -name '*.png' | sort | head -n 1)"
 
-check_answer() { # check_answer CLIENT JSON_FILE
-  "$PY" - "$1" "$2" "$EXPECTED_IDS" "$TOP_K" <<'PY'
+check_answer() { # check_answer CLIENT JSON_FILE PYTHON_JSON_FILE: the same ranking as the Python client's
+  "$PY" - "$1" "$2" "$EXPECTED_IDS" "$TOP_K" "$3" <<'PY'
 import json
 import sys
 
-client, path, expected_path, top_k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+client, path, expected_path, top_k, python_path = sys.argv[1:6]
+top_k = int(top_k)
 response = json.load(open(path))
 ids = [hit["id"] for hit in response.get("hits", [])]
+python_ids = [hit["id"] for hit in json.load(open(python_path)).get("hits", [])]
 gallery = set(open(expected_path).read().split())
 unknown = [i for i in ids if i not in gallery]
 problems = []
@@ -324,6 +327,8 @@ if unknown:
     problems.append(f"ids not in the sample gallery: {unknown}")
 if len(set(ids)) != len(ids):
     problems.append(f"duplicate ids: {ids}")
+if ids != python_ids:
+    problems.append(f"ranking {ids} differs from the Python client's {python_ids} for the same query")
 if problems:
     print(f"{client}: " + "; ".join(problems), file=sys.stderr)
     sys.exit(1)
@@ -331,19 +336,25 @@ print(f"ok  {client}: {len(ids)} hits, all from the sample gallery: {', '.join(i
 PY
 }
 
+echo "-- Python client (cir search): the reference answers"
+"$VENV/bin/cir" search --address "$RETRIEVER" --collection ci-gallery --image "$REFERENCE" \
+  --text "the same shape in blue" --top-k "$TOP_K" --json >"$WORK/python-image.json" || fail "cir search --image"
+"$VENV/bin/cir" search --address "$RETRIEVER" --collection ci-gallery --id "$(basename "${REFERENCE%.*}")" \
+  --text "the same shape in blue" --top-k "$TOP_K" --json >"$WORK/python-id.json" || fail "cir search --id"
+
 echo "-- Node client (@grpc/grpc-js + @grpc/proto-loader)"
 node clients/node/search.js --address "$RETRIEVER" --collection ci-gallery --image "$REFERENCE" \
   --text "the same shape in blue" --top-k "$TOP_K" || fail "the Node client"
 node clients/node/search.js --address "$RETRIEVER" --collection ci-gallery --image "$REFERENCE" \
   --text "the same shape in blue" --top-k "$TOP_K" --json >"$WORK/node.json" || fail "the Node client (--json)"
-check_answer "Node client" "$WORK/node.json" || fail "the Node client's answer"
+check_answer "Node client" "$WORK/node.json" "$WORK/python-image.json" || fail "the Node client's answer"
 
 echo "-- Go client (generated stubs, GOPATH build)"
 "$GO_CLIENT" -address "$RETRIEVER" -collection ci-gallery -image "$REFERENCE" \
   -text "the same shape in blue" -top-k "$TOP_K" || fail "the Go client"
 "$GO_CLIENT" -address "$RETRIEVER" -collection ci-gallery -reference-id "$(basename "${REFERENCE%.*}")" \
   -text "the same shape in blue" -top-k "$TOP_K" -json >"$WORK/go.json" || fail "the Go client (-json)"
-check_answer "Go client" "$WORK/go.json" || fail "the Go client's answer"
+check_answer "Go client" "$WORK/go.json" "$WORK/python-id.json" || fail "the Go client's answer"
 
 echo "-- stopping the suite"
 stop_suite || fail "cir serve left processes behind"

@@ -96,6 +96,18 @@ def test_ingest_is_idempotent_and_replaces_changed_images(stub, gallery):
     assert set(info.strategies_available) == set(STRATEGIES.values())
 
 
+def test_the_services_share_one_real_redis_cache(suite):
+    """Ingestion went through the shared cache: captions and embeddings are in the suite's Redis."""
+    import redis
+
+    assert suite.redis is not None and suite.redis.alive, "the end-to-end suite must run with a real Redis"
+    client = redis.Redis.from_url(suite.redis.url)
+    try:
+        assert client.dbsize() >= 50  # at least one entry per ingested image
+    finally:
+        client.close()
+
+
 def test_ingest_reports_bad_items_without_failing_the_stream(stub):
     good = io.BytesIO()
     _draw("ring", (1, 2, 3), (200, 200, 200), (64, 64)).save(good, format="PNG")

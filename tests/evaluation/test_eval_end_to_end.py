@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
+from PIL import Image
 
 from cir.retriever.v1 import retriever_pb2
 from cir_common.cli import main as cir
@@ -68,6 +72,59 @@ def _metrics(out) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def _rankings(out) -> dict[str, list[str]]:
+    rows = map(json.loads, (out / "rankings.jsonl").read_text().splitlines())
+    return {row["query_id"]: row["ranking"] for row in rows}
+
+
+# The official formulas (method.md 5) written out again from the dataset files themselves, independently of
+# cir_retriever.evaluation, and applied to the saved rankings: the run's metrics must equal them.
+
+
+def _direct_circo_map(root: Path, rankings: dict[str, list[str]], k: int) -> float:
+    aps = []
+    for entry in json.loads((root / "annotations" / "val.json").read_text()):
+        top50 = rankings[str(entry["id"])][:50]
+        truth = {str(i) for i in entry["gt_img_ids"]}
+        hits = [image in truth for image in top50]
+        precisions = [sum(hits[: i + 1]) * hits[i] / (i + 1) for i in range(len(hits))]
+        aps.append(sum(precisions[:k]) / min(len(truth), k))
+    return 100.0 * float(np.mean(aps))
+
+
+def _direct_cirr_recalls(root: Path, rankings: dict[str, list[str]]) -> dict[str, float]:
+    entries = json.loads(next(root.rglob("cap.rc2.val.json")).read_text())
+    found: dict[str, list[bool]] = {}
+    for entry in entries:
+        ranking = [image for image in rankings[str(entry["pairid"])] if image != entry["reference"]]
+        members = [m for m in entry["img_set"]["members"] if m != entry["reference"]]
+        subset = [image for image in ranking if image in members]
+        for k in (1, 5, 10, 50):
+            found.setdefault(f"Recall@{k}", []).append(entry["target_hard"] in ranking[:k])
+        for k in (1, 2, 3):
+            found.setdefault(f"Recall_subset@{k}", []).append(entry["target_hard"] in subset[:k])
+    return {name: 100.0 * float(np.mean(values)) for name, values in found.items()}
+
+
+def _direct_fashioniq_average(root: Path, rankings: dict[str, list[str]], k: int) -> float:
+    per_category = []
+    for category in ("dress", "shirt", "toptee"):
+        entries = json.loads((root / "captions" / f"cap.{category}.val.json").read_text())
+        hits = [e["target"] in rankings[f"{category}/{i}"][:k] for i, e in enumerate(entries)]
+        per_category.append(100.0 * float(np.mean(hits)))
+    return float(np.mean(per_category))
+
+
+def _report_images(out: Path) -> list[Path]:
+    """Every image the run's report.html shows, as files: each must exist and decode."""
+    sources = re.findall(r'<img src="([^"]+)"', (out / "report.html").read_text())
+    paths = [out / source for source in sources]
+    for path in paths:
+        with Image.open(path) as image:
+            image.verify()
+    return paths
+
+
 def test_circo_cvsi_run_resumes_and_rescores_from_the_cache(suite, datasets, tmp_path, capsys):
     root, out = datasets[DatasetName.CIRCO], tmp_path / "circo"
     split = load_split(DatasetName.CIRCO, root, Split.VAL)
@@ -105,7 +162,11 @@ def test_circo_cvsi_run_resumes_and_rescores_from_the_cache(suite, datasets, tmp
     assert all(
         len(r["ranking"]) == len(split.galleries[""]) for r in rankings
     )  # a 12-image gallery, all ranked
-    assert (out / "report.html").is_file()
+    for k in (5, 10, 25, 50):
+        assert metrics[f"mAP@{k}"] == pytest.approx(_direct_circo_map(root, _rankings(out), k), abs=1e-6)
+    # per query at least the reference and the top 10 (the report's default top-k; the gallery has 12),
+    # plus any ground truth ranked below them
+    assert len(_report_images(out)) >= 4 * (1 + 10)
 
     # Re-scoring from the cache with the run's own weights gives the same numbers; a sweep needs no suite.
     assert (
@@ -156,6 +217,9 @@ def test_cirr_and_fashioniq_val(suite, datasets, tmp_path):
     metrics = _metrics(out)["metrics"]
     assert set(metrics) >= {"Recall@1", "Recall@5", "Recall@10", "Recall@50", "Recall_subset@1", "Avg"}
     assert metrics["Recall@50"] == 100.0  # 11 candidates once the reference is removed: all ranked
+    for name, value in _direct_cirr_recalls(datasets[DatasetName.CIRR], _rankings(out)).items():
+        assert metrics[name] == pytest.approx(value, abs=1e-6), name
+    assert _metrics(out)["service_agreement"] == {"same_top_ids": 4, "of": 4}
     for row in map(json.loads, (out / "rankings.jsonl").read_text().splitlines()):
         assert (
             row["reference_id"] in row["ranking"]
@@ -167,6 +231,9 @@ def test_cirr_and_fashioniq_val(suite, datasets, tmp_path):
     assert set(summary["metrics"]["per_category"]) == {"dress", "shirt", "toptee"}
     assert set(summary["gallery_sizes"]) == {"dress", "shirt", "toptee"}
     assert summary["service_agreement"]["same_top_ids"] == summary["queries"] == 12
+    for k in (10, 50):
+        expected = _direct_fashioniq_average(datasets[DatasetName.FASHIONIQ], _rankings(out), k)
+        assert summary["metrics"]["average"][f"R@{k}"] == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("dataset", [DatasetName.CIRCO, DatasetName.CIRR])
