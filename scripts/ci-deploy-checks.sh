@@ -7,7 +7,8 @@
 #   4. kubernetes       kubectl kustomize of every overlay, kubernetes-validate --strict, the suite's own rules
 #                       (probes, GPUs, headless Services, PDBs, HPAs, ...) and every service's settings as each
 #                       pod would load them (the rendered cir-env and profile ConfigMaps: no unknown key)
-#   5. contracts        buf breaking against main (or $BUF_BREAKING_AGAINST)
+#   5. contracts        buf breaking against main (or $BUF_BREAKING_AGAINST), and against the contracts' first
+#                       version (v1 only grows)
 #   6. client stubs     scripts/gen-client-stubs.sh (Go, TypeScript, Java, into git-ignored folders); tsc on the
 #                       TypeScript; javac on the Java (Debian's protobuf-java 3.21 and grpc-java 1.41)
 #   7. Go client        GOPATH-mode build against Debian's grpc-go
@@ -245,6 +246,15 @@ if [ -n "$against" ]; then
   echo "buf breaking --against $against"
   (cd protos && npx --no-install buf breaking --against "$against") || fail "buf breaking: a contract change breaks clients"
   echo "ok  no breaking change"
+fi
+# The v1 packages only ever grow: every contract change since the first published version must be additive,
+# whichever commits a landing brings together (HEAD~1 above sees only the latest one).
+first="$(git log --diff-filter=A --format=%H -- protos/buf.yaml 2>/dev/null | tail -n 1)"
+if [ -z "${BUF_BREAKING_AGAINST:-}" ] && [ -n "$first" ] && [ "$first" != "$(git rev-parse HEAD)" ]; then
+  echo "buf breaking --against the first version of the contracts (${first:0:12})"
+  (cd protos && npx --no-install buf breaking --against "../.git#ref=$first,subdir=protos") ||
+    fail "buf breaking: a change since the first version of the v1 contracts breaks clients"
+  echo "ok  no breaking change since ${first:0:12}"
 fi
 elapsed
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cir_common.errors import ConfigError
 from cir_common.torch_placement import resolve_device
-from cir_encoder.clip_loading import LoadedClip, load_clip
+from cir_encoder.clip_loading import LoadedClip, cached_file_sha256, load_clip
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,20 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def test_a_cached_checkpoint_is_identified_by_its_content_hash(tmp_path: Path) -> None:
+    """A pretrained tag loads from the Hugging Face cache, whose blobs are named by their sha256."""
+    content = b"checkpoint bytes"
+    digest = hashlib.sha256(content).hexdigest()
+    blob = tmp_path / "models--timm--clip" / "blobs" / digest
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"not read: the blob's name is its hash")
+    snapshot = tmp_path / "models--timm--clip" / "snapshots" / "0123abc" / "open_clip_model.safetensors"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(blob)
+    assert cached_file_sha256(snapshot) == digest
+
+    plain = tmp_path / "ViT-L-14.pt"  # a URL download: no hash in its name, so the bytes are hashed
+    plain.write_bytes(content)
+    assert cached_file_sha256(plain) == digest

@@ -12,6 +12,8 @@ Accepted forms (open_clip 3.3):
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from cir_common.torch_placement import resolve_device
 LOCAL_DIR_PREFIX = "local-dir:"
 _PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
 _LOCAL_DIR_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ def load_clip(
             f"could not load clip model {model!r} with weights {pretrained!r}: {error}{hint}"
         ) from error
 
+    if checkpoint_id.startswith("tag:"):
+        checkpoint_id = _downloaded_tag_identity(model, pretrained, checkpoint_id)
     clip_model.eval()
     clip_model.requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(model)
@@ -177,6 +182,25 @@ def _pretrained_identity(model: str, pretrained: str) -> str:
         f"clip_pretrained {pretrained!r} for {model!r} is neither an existing file nor a known tag "
         f"(tags: {', '.join(tags) or 'none'})"
     )
+
+
+def _downloaded_tag_identity(model: str, tag: str, fallback: str) -> str:
+    """sha256 of the file a pretrained tag loaded from (in the local cache: the load just read it)."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    try:
+        path = download_pretrained(get_pretrained_cfg(model.replace("/", "-"), tag))
+    except Exception:  # noqa: BLE001  (no cached file to name: the tag stays the identity)
+        return fallback
+    return cached_file_sha256(Path(path)) if path and Path(path).is_file() else fallback
+
+
+def cached_file_sha256(path: Path) -> str:
+    """sha256 of a file; free for Hugging Face cache entries, whose blob is named by its own sha256."""
+    blob = Path(os.path.realpath(path)).name
+    if _SHA256_HEX.fullmatch(blob):
+        return blob
+    return sha256_file(path)
 
 
 def _local_dir_identity(folder: Path) -> str:
