@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cir.retriever.v1 import retriever_pb2
-from cir_retriever.evaluation.evaluate import scoring_depth
+from cir_retriever.evaluation.evaluate import scoring_plan
 from cir_retriever.evaluation.feature_cache import QueryRecord
 from cir_retriever.evaluation.metrics import compute_metrics
 from cir_retriever.evaluation.model import DatasetName, Query
@@ -72,8 +72,9 @@ def bench(dataset: DatasetName, queries: int, gallery_size: int, sweep: str) -> 
     records, query_list, galleries = _data(dataset, queries, gallery_size)
     gallery_of = dict.fromkeys(records, "")
     options = resolve_options(Preset(dataset.value), retriever_pb2.Weights(), retriever_pb2.StrategyOptions())
+    depth, keep = scoring_plan(dataset, query_list)
     started = time.perf_counter()
-    ranked = rank_queries(StrategyName.CVSI, options, records, galleries, gallery_of, scoring_depth(dataset))
+    ranked = rank_queries(StrategyName.CVSI, options, records, galleries, gallery_of, depth, keep=keep)
     metrics = compute_metrics(dataset, {q: r.ids for q, r in ranked.items()}, query_list)
     rescore_s = time.perf_counter() - started
     grid = parse_sweep(sweep)
@@ -85,8 +86,9 @@ def bench(dataset: DatasetName, queries: int, gallery_size: int, sweep: str) -> 
         records,
         galleries,
         gallery_of,
-        scoring_depth(dataset),
+        depth,
         lambda r: compute_metrics(dataset, {q: x.ids for q, x in r.items()}, query_list),
+        keep,
     )
     sweep_s = time.perf_counter() - started
     return {

@@ -96,7 +96,7 @@ if [ "$DRY_RUN" -eq 1 ]; then
 import json
 import sys
 
-plan = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in json.load(open(sys.argv[1]))["install"]}
+plan = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"] for item in json.load(open(sys.argv[1]))["install"]}
 shown = [f"{name}=={plan[name]}" for name in ("vllm", "torch", "torchvision", "transformers", "open-clip-torch",
          "faiss-cpu", "grpcio", "protobuf", "numpy") if name in plan]
 cuda = sorted(name for name in plan if name.startswith("nvidia-"))

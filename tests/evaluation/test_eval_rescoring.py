@@ -15,7 +15,9 @@ from cir_retriever.evaluation.feature_cache import (
     load_gallery,
     save_gallery,
 )
-from cir_retriever.evaluation.rescoring import Gallery, ldre_weights, rank_queries, top_rows
+from cir_retriever.evaluation.metrics import cirr_metrics
+from cir_retriever.evaluation.model import Query
+from cir_retriever.evaluation.rescoring import Gallery, ldre_weights, rank_queries, ranking_rows, top_rows
 from cir_retriever.evaluation.sweep import CvsiBasis, parse_sweep, run_sweep
 from cir_retriever.feature_protos import (
     gallery_images_from_proto,
@@ -97,6 +99,47 @@ def test_depth_keeps_the_best_first():
     full = top_rows(scores, None)
     np.testing.assert_array_equal(top_rows(scores, 7), full[:, :7])
     assert (np.diff(np.take_along_axis(scores, full, axis=1), axis=1) <= 0).all()
+
+
+def test_a_bounded_ranking_shows_the_kept_rows_in_their_full_ranking_order():
+    scores = RNG.normal(size=(4, 300))
+    scores[1, [5, 250, 251]] = scores[1, 7]  # ties: the full stable sort keeps gallery order
+    keep = [RNG.choice(300, 6, replace=False) for _ in range(4)]
+    keep[1] = np.array([5, 251, 250, 7, 299])
+    full = top_rows(scores, None)
+    for row, top, kept in zip(full, ranking_rows(scores, 20, keep), keep, strict=True):
+        np.testing.assert_array_equal(top[:20], row[:20])
+        members = set(kept.tolist())
+        assert [r for r in top if r in members] == [r for r in row if r in members]
+        assert len(top) == 20 + len(members - set(row[:20].tolist()))
+
+
+def test_cirr_metrics_from_bounded_rankings_equal_those_from_full_rankings():
+    """The evaluation ranks CIRR to depth 51 plus the image-set members: the metrics must not change."""
+    gallery = _gallery(400)
+    records = {str(q): _record(str(q)) for q in range(60)}
+    queries = []
+    for q in range(60):
+        members = [gallery.ids[i] for i in RNG.choice(400, 6, replace=False)]
+        queries.append(
+            Query(
+                str(q),
+                members[0],
+                "",
+                target_id=members[1],
+                ground_truth=(members[1],),
+                subset=tuple(members),
+            )
+        )
+    gallery_of = dict.fromkeys(records, "")
+    options = _options(Preset.CIRR)
+    keep = {query.id: query.subset for query in queries}
+    full = rank_queries(StrategyName.CVSI, options, records, {"": gallery}, gallery_of, None)
+    bounded = rank_queries(StrategyName.CVSI, options, records, {"": gallery}, gallery_of, 51, keep=keep)
+    assert all(len(bounded[q].ids) < 60 for q in records)
+    expected = cirr_metrics({q: r.ids for q, r in full.items()}, queries)
+    assert cirr_metrics({q: r.ids for q, r in bounded.items()}, queries) == expected
+    assert 0 < expected["Recall_subset@1"] < 100  # the subset metric is exercised, not trivially 0 or 100
 
 
 @pytest.mark.parametrize("score", ["dot", "cosine"])

@@ -29,8 +29,7 @@ class Running:
 
 @pytest.fixture(scope="module")
 def running(tiny_profile: dict[str, Any]) -> Iterator[Running]:
-    pytest.importorskip("vllm")
-    from cir_reasoner.model_loading import start_vllm_engine
+    from cir_reasoner.model_loading import start_vllm_engine  # a broken vLLM install fails here, never skips
 
     previous = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
     # 1 GiB of KV cache: vLLM's CPU default would reserve a large share of the machine's memory.

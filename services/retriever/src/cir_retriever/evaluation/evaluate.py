@@ -49,10 +49,15 @@ from cir_retriever.strategies import Options, StrategyName
 RANKING_DEPTH = 51
 
 
-def scoring_depth(dataset: DatasetName) -> int | None:
-    """How much of each ranking the metrics read: CIRR's subset recall needs the image-set members'
-    order wherever they rank, so CIRR ranks the whole gallery; the others stop at the deepest cut-off."""
-    return None if dataset is DatasetName.CIRR else RANKING_DEPTH
+def scoring_plan(
+    dataset: DatasetName, queries: Sequence[Query]
+) -> tuple[int, dict[str, tuple[str, ...]] | None]:
+    """How much of each ranking the metrics read: the deepest cut-off (CIRR removes the reference first,
+    hence RANKING_DEPTH = 51), and for CIRR also its image-set members wherever they rank, which is all
+    that subset recall needs (so no query sorts its whole gallery)."""
+    if dataset is DatasetName.CIRR:
+        return RANKING_DEPTH, {q.id: q.subset for q in queries}
+    return RANKING_DEPTH, None
 
 
 HEADLINE = {
@@ -190,8 +195,8 @@ def score(config: EvalConfig, split: EvalSplit, echo: Echo) -> dict[str, object]
             "queries_used": slot.queries_used,
             "queries_with_mean_form": slot.queries_skipped,
         }
-    depth = scoring_depth(config.dataset)
-    ranked = rank_queries(config.strategy, options, records, galleries, gallery_of, depth, weights)
+    depth, keep = scoring_plan(config.dataset, queries)
+    ranked = rank_queries(config.strategy, options, records, galleries, gallery_of, depth, weights, keep)
     summary["service_agreement"] = (
         _agreement(ranked, records) if weights is None else "n/a (adaptive weights)"
     )
@@ -275,6 +280,7 @@ def _sweep(
     echo: Echo,
 ) -> dict[str, object]:
     grid = parse_sweep(config.sweep or "")
+    depth, keep = scoring_plan(config.dataset, queries)
     started = time.perf_counter()
     rows = run_sweep(
         config.strategy,
@@ -283,10 +289,11 @@ def _sweep(
         records,
         galleries,
         gallery_of,
-        scoring_depth(config.dataset),
+        depth,
         lambda ranked: compute_metrics(
             config.dataset, {q: r.ids for q, r in ranked.items()}, queries, _sizes(galleries)
         ),
+        keep,
     )
     seconds = time.perf_counter() - started
     folder = config.out / "sweep"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -36,11 +37,60 @@ class Gallery:
     ids: list[str]
     features: GalleryFeatures
 
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Gallery rows of `ids` (those present), for ranking them wherever they fall."""
+        return np.array(sorted({self._row_index[i] for i in ids if i in self._row_index}), dtype=np.int64)
+
+    @cached_property
+    def _row_index(self) -> dict[str, int]:
+        return {image_id: row for row, image_id in enumerate(self.ids)}
+
+    @cached_property
+    def id_array(self) -> np.ndarray:
+        """The ids as an object array: a ranking's ids are one fancy-indexing away."""
+        return np.array(self.ids, dtype=object)
+
 
 @dataclass(frozen=True)
 class Ranked:
     ids: list[str]
     scores: list[float]
+
+
+def ranking_rows(
+    scores: np.ndarray, depth: int | None, keep: Sequence[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """Per score row: its best `depth` rows (None: all), best first, then those rows of `keep[i]` that rank
+    below them, in score order (ties in gallery order, as a stable sort of the whole row would give).
+
+    `keep` lets a bounded ranking still show where given images fall (CIRR's image-set members) without
+    sorting the whole gallery for every query.
+    """
+    rows = list(top_rows(scores, depth))
+    if keep is None or depth is None:
+        return rows
+    for i, top in enumerate(rows):
+        below = np.setdiff1d(keep[i], top)
+        if below.size:
+            order = np.lexsort((below, -scores[i, below]))
+            rows[i] = np.concatenate([top, below[order]])
+    return rows
+
+
+def ranked_from_rows(
+    query_ids: Sequence[str], gallery: Gallery, scores: np.ndarray, rows: Sequence[np.ndarray]
+) -> dict[str, Ranked]:
+    ids = gallery.id_array
+    return {
+        query_id: Ranked(ids=ids[row].tolist(), scores=scores[i, row].tolist())
+        for i, (query_id, row) in enumerate(zip(query_ids, rows, strict=True))
+    }
+
+
+def keep_rows(
+    query_ids: Sequence[str], gallery: Gallery, keep: Mapping[str, Sequence[str]] | None
+) -> list[np.ndarray] | None:
+    return None if keep is None else [gallery.rows_of(keep.get(q, ())) for q in query_ids]
 
 
 def top_rows(scores: np.ndarray, depth: int | None) -> np.ndarray:
@@ -77,8 +127,10 @@ def rank_queries(
     gallery_of: Mapping[str, str],
     depth: int | None,
     ldre_weights: np.ndarray | None = None,
+    keep: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Ranked]:
-    """Every query's ranking against its gallery (`gallery_of[query id]` names it), best first."""
+    """Every query's ranking against its gallery (`gallery_of[query id]` names it), best first: the top
+    `depth` (None: the whole gallery), then any of `keep[query id]` ranked below them (`ranking_rows`)."""
     groups: dict[tuple[str, GallerySpec], list[tuple[str, np.ndarray]]] = {}
     for query_id, record in records.items():
         slots = galleries[gallery_of[query_id]].features.caption_slots.shape[1]
@@ -90,12 +142,10 @@ def rank_queries(
         matrix = gallery_matrix(spec, gallery.features)
         for start in range(0, len(members), _QUERY_CHUNK):
             chunk = members[start : start + _QUERY_CHUNK]
+            query_ids = [query_id for query_id, _ in chunk]
             scores = np.stack([q for _, q in chunk]) @ matrix.T
-            rows = top_rows(scores, depth)
-            for (query_id, _), row_ids, row_scores in zip(chunk, rows, scores, strict=True):
-                ranked[query_id] = Ranked(
-                    ids=[gallery.ids[r] for r in row_ids], scores=[float(row_scores[r]) for r in row_ids]
-                )
+            rows = ranking_rows(scores, depth, keep_rows(query_ids, gallery, keep))
+            ranked.update(ranked_from_rows(query_ids, gallery, scores, rows))
     return ranked
 
 

@@ -17,7 +17,14 @@ import numpy as np
 
 from cir_retriever import fusion
 from cir_retriever.evaluation.feature_cache import QueryRecord
-from cir_retriever.evaluation.rescoring import Gallery, Ranked, rank_queries, top_rows
+from cir_retriever.evaluation.rescoring import (
+    Gallery,
+    Ranked,
+    keep_rows,
+    rank_queries,
+    ranked_from_rows,
+    ranking_rows,
+)
 from cir_retriever.fusion import ScoreFunction, normalize
 from cir_retriever.strategies import Options, StrategyName
 
@@ -64,7 +71,7 @@ class CvsiBasis:
     """The six score matrices of one gallery's queries, and the gallery norms the cosine form needs."""
 
     query_ids: list[str]
-    gallery_ids: list[str]
+    gallery: Gallery
     products: dict[str, np.ndarray]  # "m_c", "m_v", "f_c", "f_v", "v_c", "v_v": (queries, gallery)
     t_c_sq: np.ndarray
     t_v_sq: np.ndarray
@@ -89,7 +96,7 @@ class CvsiBasis:
         products.update({f"{x}_v": q @ t_v.T for x, q in queries.items()})
         return cls(
             query_ids=[query_id for query_id, _ in records],
-            gallery_ids=gallery.ids,
+            gallery=gallery,
             products=products,
             t_c_sq=(t_c * t_c).sum(axis=1),
             t_v_sq=(t_v * t_v).sum(axis=1),
@@ -113,14 +120,16 @@ class CvsiBasis:
         return total  # type: ignore[return-value]
 
     def rank(
-        self, alpha: float, beta: float, gamma: float, score: ScoreFunction, depth: int | None
+        self,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        score: ScoreFunction,
+        depth: int | None,
+        keep: Sequence[np.ndarray] | None = None,
     ) -> dict[str, Ranked]:
         scores = self.scores(alpha, beta, gamma, score)
-        rows = top_rows(scores, depth)
-        return {
-            query_id: Ranked(ids=[self.gallery_ids[r] for r in row], scores=[float(s[r]) for r in row])
-            for query_id, row, s in zip(self.query_ids, rows, scores, strict=True)
-        }
+        return ranked_from_rows(self.query_ids, self.gallery, scores, ranking_rows(scores, depth, keep))
 
 
 def _need(value: np.ndarray | None, name: str) -> np.ndarray:
@@ -146,29 +155,35 @@ def run_sweep(
     gallery_of: Mapping[str, str],
     depth: int | None,
     score_rankings: Callable[[dict[str, Ranked]], dict[str, object]],
+    keep: Mapping[str, Sequence[str]] | None = None,
 ) -> list[SweepRow]:
-    """Metrics at every grid point. CVSI uses the score basis; other strategies re-rank per point."""
+    """Metrics at every grid point. CVSI uses the score basis; other strategies re-rank per point.
+
+    Rankings are the top `depth` plus any of `keep[query id]` below them, as in `rank_queries`."""
     points = grid_points(grid)
     rows: list[SweepRow] = []
     if strategy is StrategyName.CVSI and set(grid) <= {"alpha", "beta", "gamma"}:
         bases = []
         for key in {gallery_of[q] for q in records}:
             members = [(q, r) for q, r in records.items() if gallery_of[q] == key]
-            bases.append(CvsiBasis.build(members, galleries[key], options.caption_features_renormalized))
+            basis = CvsiBasis.build(members, galleries[key], options.caption_features_renormalized)
+            bases.append((basis, keep_rows(basis.query_ids, galleries[key], keep)))
         for point in points:
             if not valid_cvsi_point(point, options):
                 rows.append(SweepRow(point, {}))
                 continue
             weights = {name: point.get(name, getattr(options, name)) for name in ("alpha", "beta", "gamma")}
             ranked: dict[str, Ranked] = {}
-            for basis in bases:
-                ranked.update(basis.rank(**weights, score=options.score, depth=depth))
+            for basis, kept in bases:
+                ranked.update(basis.rank(**weights, score=options.score, depth=depth, keep=kept))
             rows.append(SweepRow(point, score_rankings(ranked)))
         return rows
     for point in points:
         if strategy is StrategyName.CVSI and not valid_cvsi_point(point, options):
             rows.append(SweepRow(point, {}))
             continue
-        ranked = rank_queries(strategy, replace(options, **point), records, galleries, gallery_of, depth)
+        ranked = rank_queries(
+            strategy, replace(options, **point), records, galleries, gallery_of, depth, keep=keep
+        )
         rows.append(SweepRow(point, score_rankings(ranked)))
     return rows
