@@ -19,6 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cir.common.v1 import common_pb2
+from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir.retriever.v1 import retriever_pb2
 from cir_common.local_suite import LocalSuite
 from cir_common.retriever_client import STRATEGIES, connect, index_folder, search_request
@@ -217,6 +218,46 @@ def test_a_deadline_shorter_than_the_pipeline_is_deadline_exceeded(stub, gallery
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # the suite is still fine afterwards
     assert len(_search(stub, reference_id="ring-45", strategy="image_only").hits) == 10
+
+
+def test_a_deadline_inside_the_llm_stage_leaves_no_generation_running(suite, stub):
+    """Fresh references (nothing cached): captioning (~0.1-1 s here), then ~1 s of 16 LLM generations.
+
+    Deadlines from 0.4 s to 2.4 s, each on a new reference, until one falls inside the LLM stage (the engine
+    counts aborted generations); then no generation may be left running.
+    """
+    channel = grpc.insecure_channel(f"127.0.0.1:{suite.ports['reasoner']}")
+    reasoner = reasoner_pb2_grpc.ReasonerServiceStub(channel)
+
+    def info() -> reasoner_pb2.GetModelInfoResponse:
+        return reasoner.GetModelInfo(reasoner_pb2.GetModelInfoRequest(), timeout=10)
+
+    try:
+        assert info().HasField("generations_aborted") and info().generations_in_flight == 0
+        aborted_before = info().generations_aborted
+        for attempt, deadline_s in enumerate(np.arange(0.4, 2.45, 0.25)):
+            image = io.BytesIO()
+            colour = (40 + 20 * attempt, 255 - 20 * attempt, 90)
+            _draw(SHAPES[attempt % 5], colour, (250, 250, 250), (112, 96)).save(image, format="PNG")
+            text = f"deadline test {attempt}: now it is at night"
+            request = search_request("shapes", text, strategy="cvsi")
+            request.reference_image.data = image.getvalue()
+            try:
+                stub.Search(request, timeout=float(deadline_s))  # in time: degraded or not, both fine
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error.details()
+            if info().generations_aborted > aborted_before:
+                break
+        else:
+            pytest.fail("no deadline fell inside the LLM stage: the generations always finished in time")
+        # the cut generations were aborted in the engine, not left to run on
+        for _ in range(30):
+            if info().generations_in_flight == 0:
+                break
+            time.sleep(0.1)
+        assert info().generations_in_flight == 0
+    finally:
+        channel.close()
 
 
 def test_restarting_the_retriever_serves_the_same_results(suite, stub):

@@ -73,6 +73,8 @@ def test_model_info(reasoner: RunningReasoner, tiny_pack: Path) -> None:
     assert (info.default_sampling.temperature, info.default_sampling.max_tokens) == (0.0, 32)
     assert list(info.default_sampling.stop) == ["\n\n"] and info.default_sampling.top_p == 1.0
     assert (info.max_captions_per_request, info.max_output_tokens) == (16, 32)
+    # this backend keeps no engine-side counters: they stay unset, not a misleading 0
+    assert not info.HasField("generations_in_flight") and not info.HasField("generations_aborted")
     assert info.default_edit_template == "edit_structural"
 
 

@@ -118,6 +118,8 @@ def test_model_info_reports_the_engine(
     assert info.model.name == Path(tiny_profile["reasoner"]["model"]).name
     assert info.model.revision.startswith("sha256:") and info.model.family == "llama"
     assert engine_reasoner.backend.max_context == tiny_profile["reasoner"]["max_model_len"]
+    assert info.HasField("generations_in_flight") and info.generations_in_flight == 0
+    assert info.generations_aborted == engine_reasoner.backend.stats.aborted
 
 
 def test_real_length_prompts_fit_the_tiny_models_context(engine_reasoner: RunningReasoner) -> None:

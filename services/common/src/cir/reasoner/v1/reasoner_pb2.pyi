@@ -159,7 +159,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "backend", "default_sampling", "chat_template", "max_captions_per_request", "max_prompt_tokens", "max_output_tokens", "default_edit_template")
+    __slots__ = ("model", "backend", "default_sampling", "chat_template", "max_captions_per_request", "max_prompt_tokens", "max_output_tokens", "default_edit_template", "generations_in_flight", "generations_aborted")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,8 @@ class GetModelInfoResponse(_message.Message):
     MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_EDIT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_ABORTED_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelIdentity
     backend: str
     default_sampling: SamplingParameters
@@ -176,4 +178,6 @@ class GetModelInfoResponse(_message.Message):
     max_prompt_tokens: int
     max_output_tokens: int
     default_edit_template: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., backend: _Optional[str] = ..., default_sampling: _Optional[_Union[SamplingParameters, _Mapping]] = ..., chat_template: _Optional[bool] = ..., max_captions_per_request: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., default_edit_template: _Optional[str] = ...) -> None: ...
+    generations_in_flight: int
+    generations_aborted: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., backend: _Optional[str] = ..., default_sampling: _Optional[_Union[SamplingParameters, _Mapping]] = ..., chat_template: _Optional[bool] = ..., max_captions_per_request: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., default_edit_template: _Optional[str] = ..., generations_in_flight: _Optional[int] = ..., generations_aborted: _Optional[int] = ...) -> None: ...
