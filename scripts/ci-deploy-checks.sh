@@ -3,7 +3,8 @@
 #   1. Dockerfiles      hadolint on every deploy/docker/*.Dockerfile
 #   2. image install    the retriever image's install step (deploy/docker/install-service.sh) for real into a
 #                       scratch venv (no torch allowed); the GPU images run the same script with CUDA wheels
-#   3. compose          deploy/compose.yaml against the Compose specification's JSON schema
+#   3. GPU images       each GPU image's install (install-service.sh --dry-run) resolved against the index
+#      compose          deploy/compose.yaml against the Compose specification's JSON schema
 #   4. kubernetes       kubectl kustomize of every overlay, kubernetes-validate --strict, the suite's own rules
 #                       (probes, GPUs, headless Services, PDBs, HPAs, ...) and every service's settings as each
 #                       pod would load them (the rendered cir-env and profile ConfigMaps: no unknown key)
@@ -186,6 +187,23 @@ import grpc_health.v1.health_pb2  # noqa: F401  (the HEALTHCHECK's dependency)
 assert importlib.util.find_spec("torch") is None, "torch must not be installed in the retriever image"
 print("ok  retriever image environment: cir_retriever imports, grpc health present, no torch")
 PY
+elapsed
+
+# ------------------------------------------------------------------------------------------------------------
+section "GPU images' install plans: deploy/docker/install-service.sh --dry-run (index metadata, no download)"
+
+# The CUDA wheels (torch, vllm, nvidia-*) are gigabytes: CI resolves each GPU image's install with the image
+# pins against the package index instead, which fails on any pin that no longer fits the others.
+for service in encoder captioner reasoner; do
+  plan="$(bash deploy/docker/install-service.sh "$service" --dry-run 2>>"$WORK/gpu-plans.log" | tail -n 1)" ||
+    { tail -n 30 "$WORK/gpu-plans.log"; fail "install-service.sh $service --dry-run"; }
+  want="torch==2.13.0"
+  [ "$service" = reasoner ] && want="vllm==0.32.0"
+  case "$plan" in
+    *"$want"*"nvidia-"*) echo "ok  $service image: $plan" ;;
+    *) fail "$service image: the install plan lacks $want or the CUDA packages: $plan" ;;
+  esac
+done
 elapsed
 
 # ------------------------------------------------------------------------------------------------------------

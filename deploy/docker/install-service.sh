@@ -7,7 +7,8 @@
 #                  read from the pyproject files; needs only them (and this script, the constraints file)
 #   --phase app    the two packages themselves, --no-deps (needs their sources)
 # CI runs it as well (scripts/ci-deploy-checks.sh): the retriever image's install for real into a scratch
-# venv. --dry-run resolves a GPU image's install against the index (metadata only; 1-2 minutes, not in CI).
+# venv, and --dry-run for the GPU images: it resolves an image's install against the index (metadata only,
+# about a minute each).
 #
 # usage: install-service.sh SERVICE [--venv DIR] [--python PYTHON] [--constraints FILE]
 #                           [--phase deps|app|all] [--dry-run] [--report FILE]

@@ -109,39 +109,31 @@ def test_model_info(encoder):
     assert not info.normalized_by_default
 
 
-def test_batched_images_equal_one_at_a_time(encoder):
+def _batched_and_one_at_a_time(call, build, items, read) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors of one request holding every item, and of one request per item."""
+    batched = read(call(build(items)).embeddings)
+    singles = np.stack([read(call(build([item])).embeddings)[0] for item in items])
+    return batched, singles
+
+
+def test_batched_images_texts_and_prompts_equal_one_at_a_time(encoder):
+    stub = encoder.stub
     images = [_image(seed, size) for seed, size in enumerate([(80, 60), (30, 90), (64, 64), (200, 50)])]
-    request = encoder_pb2.EmbedImagesRequest(images=images, vector_format=FLOATS, bypass_cache=True)
-    batched = _matrix(encoder.stub.EmbedImages(request).embeddings)
-    singles = np.stack(
-        [
-            _matrix(
-                encoder.stub.EmbedImages(
-                    encoder_pb2.EmbedImagesRequest(images=[im], bypass_cache=True)
-                ).embeddings
-            )[0]
-            for im in images
-        ]
+    batched, singles = _batched_and_one_at_a_time(
+        stub.EmbedImages,
+        lambda items: encoder_pb2.EmbedImagesRequest(images=items, vector_format=FLOATS, bypass_cache=True),
+        images,
+        _matrix,
     )
-    assert batched.shape == (4, 32)
+    assert batched.shape == (4, 32) and np.linalg.norm(batched, axis=1).min() > 0
     np.testing.assert_allclose(batched, singles, atol=1e-5)
-    assert np.linalg.norm(batched, axis=1).min() > 0
 
-
-def test_batched_texts_and_composed_prompts_equal_one_at_a_time(encoder):
     texts = ["a red dress", "a photo of $ that is blue", "the same street at night without people", "$"]
-    batched = _text_matrix(
-        encoder.stub.EmbedTexts(encoder_pb2.EmbedTextsRequest(texts=texts, bypass_cache=True)).embeddings
-    )
-    singles = np.stack(
-        [
-            _text_matrix(
-                encoder.stub.EmbedTexts(
-                    encoder_pb2.EmbedTextsRequest(texts=[t], bypass_cache=True)
-                ).embeddings
-            )[0]
-            for t in texts
-        ]
+    batched, singles = _batched_and_one_at_a_time(
+        stub.EmbedTexts,
+        lambda items: encoder_pb2.EmbedTextsRequest(texts=items, bypass_cache=True),
+        texts,
+        _text_matrix,
     )
     np.testing.assert_allclose(batched, singles, atol=1e-5)
 
@@ -149,21 +141,14 @@ def test_batched_texts_and_composed_prompts_equal_one_at_a_time(encoder):
         encoder_pb2.ComposedPrompt(text=text, reference_image=_image(seed))
         for seed, text in enumerate(["a photo of $ that is red", "$ at night", "a $ and a $ together"])
     ]
-    composed = _text_matrix(
-        encoder.stub.EmbedComposedPrompts(encoder_pb2.EmbedComposedPromptsRequest(prompts=prompts)).embeddings
+    batched, singles = _batched_and_one_at_a_time(
+        stub.EmbedComposedPrompts,
+        lambda items: encoder_pb2.EmbedComposedPromptsRequest(prompts=items),
+        prompts,
+        _text_matrix,
     )
-    one_by_one = np.stack(
-        [
-            _text_matrix(
-                encoder.stub.EmbedComposedPrompts(
-                    encoder_pb2.EmbedComposedPromptsRequest(prompts=[p])
-                ).embeddings
-            )[0]
-            for p in prompts
-        ]
-    )
-    np.testing.assert_allclose(composed, one_by_one, atol=1e-5)
-    assert len({row.tobytes() for row in composed}) == len(prompts)
+    np.testing.assert_allclose(batched, singles, atol=1e-5)
+    assert len({row.tobytes() for row in batched}) == len(prompts)
 
 
 def test_normalize_and_formats(encoder):
