@@ -7,7 +7,6 @@ import hashlib
 import logging
 import signal
 import struct
-import time
 import uuid
 
 import numpy as np
@@ -211,12 +210,11 @@ async def test_redis_killed_mid_test_degrades_to_misses_and_recovers(start_redis
         assert cache.stats()["errors"] == 1
         assert cache.stats()["skipped"] == 2
 
-        # Within retry_after_s Redis is not tried again, so an outage adds no latency.
-        started = time.perf_counter()
+        # Within retry_after_s Redis is not tried again (skipped), so an outage adds no latency.
         for _ in range(200):
             assert await cache.get("k") is None
-        assert time.perf_counter() - started < 0.2
         assert cache.stats()["errors"] == 1
+        assert cache.stats()["skipped"] == 2 + 200
 
         start_redis(port)  # same port, empty data
         await cache.set("k", b"lost while down")  # still inside the retry window: dropped
@@ -257,14 +255,13 @@ async def test_a_hung_redis_times_out_quickly_and_is_then_skipped(start_redis, c
     try:
         await cache.set("k", b"v")
         server.process.send_signal(signal.SIGSTOP)  # accepts TCP but never answers
-        started = time.perf_counter()
-        assert await cache.get("k") is None
-        first = time.perf_counter() - started
-        assert first < 1.0
-        started = time.perf_counter()
+        assert await cache.get("k") is None  # the socket timeout ends the wait: a miss, not a hang
+        assert cache.stats()["errors"] == 1
+        skipped = cache.stats()["skipped"]
         assert await cache.get("k") is None
         await cache.set("k", b"w")
-        assert time.perf_counter() - started < 0.05
+        # neither call waited on the stopped server: both were skipped without trying
+        assert cache.stats()["skipped"] == skipped + 2 and cache.stats()["errors"] == 1
         assert len(_warnings(caplog)) == 1
     finally:
         server.process.send_signal(signal.SIGCONT)
