@@ -209,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cir: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1
     except (FileNotFoundError, NotADirectoryError) as exc:
-        print(f"cir: {exc}", file=sys.stderr)
+        # The OS's own errors name the path; the suite's carry a message of their own.
+        message = f"{exc.filename}: {exc.strerror.lower()}" if exc.filename and exc.strerror else exc
+        print(f"cir: {message}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # SuiteError and friends: a service did not start
         print(f"cir: {exc}", file=sys.stderr)
