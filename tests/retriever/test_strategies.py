@@ -166,20 +166,21 @@ def test_weimocir_without_reference_captions_keeps_only_its_image_term(variant):
     """Captioner down: b = 0, the coded query still fits the coded gallery rows (R slots)."""
     a = 0.8
     no_captions = QueryInputs(image=REF_V, text=T)
-    opts = without_missing_caption_slots(
+    filled, opts = without_missing_caption_slots(
         StrategyName.WEIMOCIR, no_captions, options(weimocir_a=a, weimocir_variant=variant), WEIMOCIR_SLOTS
     )
     assert opts.weimocir_b == 0.0
+    assert no_captions.caption_slots is None  # the caller's inputs keep no stand-in slots
     q_img = unit((1 - a) * REF_V + a * T)
-    check(
-        service_scores(StrategyName.WEIMOCIR, no_captions, opts), [cos(q_img, V[n]) for n in range(N_GALLERY)]
-    )
+    check(service_scores(StrategyName.WEIMOCIR, filled, opts), [cos(q_img, V[n]) for n in range(N_GALLERY)])
 
 
 def test_only_weimocir_without_captions_changes_its_options():
     opts = options()
-    assert without_missing_caption_slots(StrategyName.CVSI, QueryInputs(image=REF_V), opts, 3) is opts
-    assert without_missing_caption_slots(StrategyName.WEIMOCIR, inputs(), opts, 3) is opts
+    cvsi_inputs = QueryInputs(image=REF_V)
+    assert without_missing_caption_slots(StrategyName.CVSI, cvsi_inputs, opts, 3) == (cvsi_inputs, opts)
+    full = inputs()
+    assert without_missing_caption_slots(StrategyName.WEIMOCIR, full, opts, 3) == (full, opts)
 
 
 @pytest.mark.parametrize(("a", "b"), [(0.8, 0.1), (0.95, 0.2)])

@@ -95,7 +95,8 @@ class QueryRequest:
     options: Options
     needs: Requirements
     collection: CollectionSettings
-    # Also embed every caption of the reference (returned to the caller, not used for the ranking).
+    # Also embed every caption of the reference (returned to the caller for LDRE's adaptive weights, not
+    # used for the ranking).
     reference_captions: bool = False
 
 

@@ -59,7 +59,7 @@ _STATUS = {
 }
 _ENCODER_INFO_TTL_S = 30.0
 _EXPORT_PAGE_SIZE = 256
-_EXPORT_MAX_PAGE_SIZE = 1024  # keeps a page of ViT-bigG features (d=1280) under 32 MiB
+_EXPORT_ID_BYTES = 1024  # per image: id, uri and message framing, generously
 
 
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
@@ -380,13 +380,21 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
 
         needs = requirements(strategy, options)
         query = QueryRequest(
-            reference, text, strategy, options, needs, manifest.settings, request.return_features
+            reference,
+            text,
+            strategy,
+            options,
+            needs,
+            manifest.settings,
+            # only LDRE's adaptive weights read them: other strategies skip embedding N more captions
+            reference_captions=request.return_features and strategy is StrategyName.LDRE,
         )
         inputs, trace = await self.pipeline.run(query, budget)
         snapshot = await asyncio.to_thread(collection.snapshot)
         slots = snapshot.features.caption_slots.shape[1]
-        if (filled := without_missing_caption_slots(strategy, inputs, options, slots)) is not options:
-            options = filled
+        composed_inputs, composed_options = without_missing_caption_slots(strategy, inputs, options, slots)
+        if composed_options is not options:
+            options = composed_options
             trace.degradations.append(
                 Degradation(
                     "weimocir_captions",
@@ -394,7 +402,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                     "caption term dropped (b = 0): image term only",
                 )
             )
-        q, spec = compose_query(strategy, inputs, options)
+        q, spec = compose_query(strategy, composed_inputs, options)
 
         with trace.timer.stage("search"):
             index = await asyncio.to_thread(
@@ -431,11 +439,18 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def ExportGalleryFeatures(
         self, request: retriever_pb2.ExportGalleryFeaturesRequest, context: object
     ) -> AsyncIterator[retriever_pb2.ExportGalleryFeaturesResponse]:
-        page = request.page_size or _EXPORT_PAGE_SIZE
-        if page > _EXPORT_MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size = {page} is over the limit of {_EXPORT_MAX_PAGE_SIZE}")
         collection = await self._open(request.collection)
         snapshot = await asyncio.to_thread(collection.snapshot)
+        # A page must fit one message: t_v, the caption mean and R caption slots per image, packed float32.
+        features = snapshot.features
+        per_image = 4 * features.t_v.shape[1] * (2 + features.caption_slots.shape[1]) + _EXPORT_ID_BYTES
+        limit = max(1, self.settings.max_message_bytes // per_image)
+        if request.page_size > limit:
+            raise InvalidArgument(
+                f"page_size = {request.page_size} is over the limit of {limit} for this collection "
+                f"(pages must fit {ENV_PREFIX}MAX_MESSAGE_BYTES = {self.settings.max_message_bytes})"
+            )
+        page = min(request.page_size or _EXPORT_PAGE_SIZE, limit)
         total = len(snapshot.ids)
         for start in range(0, total, page):
             rows = range(start, min(start + page, total))

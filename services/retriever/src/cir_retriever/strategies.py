@@ -175,16 +175,17 @@ def compose_query(
 
 def without_missing_caption_slots(
     strategy: StrategyName, inputs: QueryInputs, options: Options, gallery_slots: int
-) -> Options:
+) -> tuple[QueryInputs, Options]:
     """WeiMoCIR with no reference captions keeps only its image term (b = 0); other strategies unchanged.
 
-    Fills `inputs.caption_slots` with `gallery_slots` zero slots (the gallery's R), so the coded query
-    keeps the width of the coded gallery rows it is searched against.
+    The query gets `gallery_slots` zero slots (the gallery's R), so the coded query keeps the width of the
+    coded gallery rows it is searched against. New objects: the caller's inputs (returned to clients, or
+    cached by the evaluation) never hold the stand-in slots.
     """
     if strategy is not StrategyName.WEIMOCIR or inputs.caption_slots is not None:
-        return options
-    inputs.caption_slots = np.zeros((max(gallery_slots, 1), inputs.image.shape[0]), np.float32)
-    return replace(options, weimocir_b=0.0)
+        return inputs, options
+    zeros = np.zeros((max(gallery_slots, 1), inputs.image.shape[0]), np.float32)
+    return replace(inputs, caption_slots=zeros), replace(options, weimocir_b=0.0)
 
 
 def _weimocir(inputs: QueryInputs, options: Options) -> tuple[np.ndarray, GallerySpec]:

@@ -115,8 +115,7 @@ def query_vector(
     weighted = strategy is StrategyName.LDRE and ldre_weights is not None and edits is not None
     if weighted and len(edits) == len(ldre_weights):  # type: ignore[arg-type]
         return fusion.ldre_weighted_query(edits, ldre_weights), GallerySpec(GalleryKind.IMAGE)
-    options = without_missing_caption_slots(strategy, inputs, options, gallery_slots)
-    return compose_query(strategy, inputs, options)
+    return compose_query(strategy, *without_missing_caption_slots(strategy, inputs, options, gallery_slots))
 
 
 def rank_queries(
@@ -128,9 +127,13 @@ def rank_queries(
     depth: int | None,
     ldre_weights: np.ndarray | None = None,
     keep: Mapping[str, Sequence[str]] | None = None,
+    matrices: dict[str, tuple[GallerySpec, np.ndarray]] | None = None,
 ) -> dict[str, Ranked]:
     """Every query's ranking against its gallery (`gallery_of[query id]` names it), best first: the top
-    `depth` (None: the whole gallery), then any of `keep[query id]` ranked below them (`ranking_rows`)."""
+    `depth` (None: the whole gallery), then any of `keep[query id]` ranked below them (`ranking_rows`).
+
+    `matrices` keeps each gallery's latest matrix between calls (a sweep's consecutive points mostly share
+    it); one per gallery, since a 123k-image gallery's matrix is hundreds of MB."""
     groups: dict[tuple[str, GallerySpec], list[tuple[str, np.ndarray]]] = {}
     for query_id, record in records.items():
         slots = galleries[gallery_of[query_id]].features.caption_slots.shape[1]
@@ -139,7 +142,13 @@ def rank_queries(
     ranked: dict[str, Ranked] = {}
     for (key, spec), members in groups.items():
         gallery = galleries[key]
-        matrix = gallery_matrix(spec, gallery.features)
+        kept = (matrices or {}).get(key)
+        if kept is not None and kept[0] == spec:
+            matrix = kept[1]
+        else:
+            matrix = gallery_matrix(spec, gallery.features)
+            if matrices is not None:
+                matrices[key] = (spec, matrix)
         for start in range(0, len(members), _QUERY_CHUNK):
             chunk = members[start : start + _QUERY_CHUNK]
             query_ids = [query_id for query_id, _ in chunk]
