@@ -417,3 +417,25 @@ def test_ground_truth_below_the_top_k_shows_its_rank_and_image(tmp_path: Path) -
     # Per query: the reference, the target beside it and the one hit shown; one thumbnail file per image.
     assert len(parsed.sources) == 6
     assert len(set(parsed.sources)) == len(list((tmp_path / "out" / FILES_DIR).iterdir())) == 4
+
+
+def test_a_jpeg_smaller_than_a_thumbnail_is_shown_as_it_is(tmp_path: Path) -> None:
+    """Nothing to shrink or convert: the opened file itself becomes the thumbnail (COCO has such images)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    gallery = (
+        GalleryItem("R", _solid(images / "small-ref.jpg", RED, (48, 48))),
+        GalleryItem("T", _solid(images / "small-target.jpg", BLUE, (40, 60))),
+    )
+    split = EvalSplit(
+        DatasetName.CIRCO, Split.VAL, tmp_path, {"": gallery}, (Query("q", "R", "t", "T", ("T",)),)
+    )
+    page = write_report(
+        tmp_path / "out", split, [QueryOutcome("q", ["T"], [1.0])], {}, title="t", settings={}
+    )
+    shown = [page.parent / src for src in _parse(page).sources]
+    assert len(shown) == 2
+    for path, (size, colour) in zip(shown, (((48, 48), RED), ((40, 60), BLUE)), strict=True):
+        with Image.open(path) as thumb:
+            assert thumb.size == size
+            assert np.abs(np.asarray(thumb.convert("RGB"), dtype=int) - colour).max() < 20

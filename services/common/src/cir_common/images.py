@@ -120,6 +120,11 @@ def _bomb_error(label: str, limits: ImageLimits, detail: str) -> InvalidArgument
     )
 
 
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """An opened image as the models see it: EXIF orientation applied, RGB, transparency on white."""
+    return _to_rgb(_oriented(img))
+
+
 def _oriented(img: Image.Image) -> Image.Image:
     # exif_transpose always copies; skip it for the common case of no rotation.
     if img.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1):

@@ -15,22 +15,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from cir_common.errors import InvalidArgument
+from cir_common.vectors import pack_f32, pack_f32_matrix, unpack_f32, unpack_f32_matrix
 from cir_retriever.strategies import GalleryFeatures, Options, QueryInputs, StrategyName, requirements
-
-# QueryInputs fields besides `image` (always present); None ones are not written.
-_OPTIONAL_FIELDS = (
-    "text",
-    "captioning_text",
-    "pseudo_prompt",
-    "edits",
-    "caption_slots",
-    "reference_captions",
-)
 
 
 def input_signature(strategy: StrategyName, options: Options) -> str:
@@ -47,14 +40,15 @@ def input_signature(strategy: StrategyName, options: Options) -> str:
     return f"{strategy.value}-{digest}"
 
 
-def _encode(array: np.ndarray) -> dict[str, object]:
-    data = np.ascontiguousarray(array, dtype="<f4")
-    return {"shape": list(data.shape), "f32le": base64.b64encode(data.tobytes()).decode("ascii")}
+def _encode(array: np.ndarray) -> dict[str, str]:
+    packed = pack_f32(array) if array.ndim == 1 else pack_f32_matrix(array)
+    return {"vector" if array.ndim == 1 else "matrix": base64.b64encode(packed).decode("ascii")}
 
 
-def _decode(blob: dict[str, object]) -> np.ndarray:
-    raw = base64.b64decode(str(blob["f32le"]))
-    return np.frombuffer(raw, dtype="<f4").reshape([int(d) for d in blob["shape"]]).astype(np.float32)  # type: ignore[union-attr]
+def _decode(blob: dict[str, str]) -> np.ndarray:
+    if "vector" in blob:
+        return unpack_f32(base64.b64decode(blob["vector"]))
+    return unpack_f32_matrix(base64.b64decode(blob["matrix"]))
 
 
 @dataclass
@@ -72,11 +66,12 @@ class QueryRecord:
     degradations: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
-        features = {"image": _encode(self.inputs.image)}
-        for name in _OPTIONAL_FIELDS:
-            value = getattr(self.inputs, name)
-            if value is not None:
-                features[name] = _encode(value)
+        # Every QueryInputs field that was computed (`image` always is); None ones are not written.
+        features = {
+            f.name: _encode(getattr(self.inputs, f.name))
+            for f in fields(QueryInputs)
+            if getattr(self.inputs, f.name) is not None
+        }
         body = {
             "query_id": self.query_id,
             "service_ranking": self.service_ranking,
@@ -91,8 +86,9 @@ class QueryRecord:
         return json.dumps(body, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, line: str) -> QueryRecord:
-        body = json.loads(line)
+    def from_body(cls, body: dict) -> QueryRecord:
+        """From one parsed cache line (the object `to_json` wrote)."""
+        body = dict(body)
         features = {name: _decode(blob) for name, blob in body.pop("features").items()}
         inputs = QueryInputs(image=features.pop("image"), **features)
         return cls(inputs=inputs, **body)
@@ -105,22 +101,36 @@ class QueryCache:
         self.path = out / "features" / f"queries-{signature}.jsonl"
 
     def load(self) -> dict[str, QueryRecord]:
-        if not self.path.exists():
-            return {}
         records: dict[str, QueryRecord] = {}
+        for number, body in self._bodies():
+            try:
+                records[body["query_id"]] = QueryRecord.from_body(body)
+            except (ValueError, KeyError, TypeError, InvalidArgument) as error:
+                raise ValueError(f"{self.path}:{number} is not a query record: {error!r}") from error
+        return records
+
+    def ids(self) -> set[str]:
+        """The cached query ids, without decoding any features (what a resumed run needs to know)."""
+        return {body["query_id"] for _, body in self._bodies()}
+
+    def _bodies(self) -> Iterator[tuple[int, dict]]:
+        """The complete record lines; a last line cut short by an interrupted run is skipped (that query
+        simply runs again), any other unreadable line is an error naming it."""
+        if not self.path.exists():
+            return
         with self.path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
-                    record = QueryRecord.from_json(line)
-                except (ValueError, KeyError, TypeError) as error:
-                    # A line cut short by an interrupted run: that query is simply run again.
+                    body = json.loads(line)
+                    if not isinstance(body, dict) or "query_id" not in body:
+                        raise ValueError("no query_id")
+                except ValueError as error:
                     if line.endswith("\n"):
                         raise ValueError(f"{self.path}:{number} is not a query record: {error}") from error
                     continue
-                records[record.query_id] = record
-        return records
+                yield number, body
 
     def append(self, record: QueryRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from cir_common.images import upright_rgb
 from cir_retriever.evaluation.model import EvalSplit, Query, QueryOutcome, Split
 
 REPORT_NAME = "report.html"
@@ -120,12 +121,11 @@ class _Thumbnails:
         try:
             with Image.open(source) as image:
                 image.draft("RGB", (THUMBNAIL_SIZE * 2, THUMBNAIL_SIZE * 2))
-                upright = ImageOps.exif_transpose(image).convert("RGBA")
-            upright.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            flat = Image.new("RGB", upright.size, (255, 255, 255))
-            flat.paste(upright, mask=upright.getchannel("A"))
-            self._folder.mkdir(parents=True, exist_ok=True)
-            flat.save(self._folder / name, "JPEG", quality=85)
+                # upright_rgb may hand back the opened image itself: finish while its file is open
+                flat = upright_rgb(image)
+                flat.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+                self._folder.mkdir(parents=True, exist_ok=True)
+                flat.save(self._folder / name, "JPEG", quality=85)
         except (OSError, ValueError, Image.DecompressionBombError):
             return _Thumbnail("")
         return _Thumbnail(f"{FILES_DIR}/{name}", flat.width, flat.height)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
@@ -23,6 +24,7 @@ from cir_retriever.evaluation.feature_cache import IngestJournal, QueryCache, Qu
 from cir_retriever.evaluation.model import EvalSplit, GalleryItem, Query
 from cir_retriever.evaluation.rescoring import Gallery
 from cir_retriever.feature_protos import gallery_images_from_proto, query_features_from_proto
+from cir_retriever.strategies import GalleryFeatures
 
 Echo = Callable[[str], None]
 # Images per IngestImages stream: the journal is written when a stream ends, so an interruption
@@ -111,11 +113,23 @@ def ingest_gallery(
 
 
 def export_gallery(stub: retriever_pb2_grpc.RetrieverServiceStub, collection: str) -> Gallery:
-    images: list[retriever_pb2.GalleryImageFeatures] = []
+    # Decoded page by page: a 123k-image gallery's messages are never all held at once.
+    ids: list[str] = []
+    parts: list[GalleryFeatures] = []
     for page in stub.ExportGalleryFeatures(retriever_pb2.ExportGalleryFeaturesRequest(collection=collection)):
-        images.extend(page.images)
-    ids, features = gallery_images_from_proto(images)
-    return Gallery(ids=ids, features=features)
+        page_ids, page_features = gallery_images_from_proto(page.images)
+        ids += page_ids
+        parts.append(page_features)
+    if not parts:
+        raise ValueError(f"collection {collection!r} exported no images")
+    return Gallery(
+        ids=ids,
+        features=GalleryFeatures(
+            t_v=np.concatenate([p.t_v for p in parts]),
+            caption_mean=np.concatenate([p.caption_mean for p in parts]),
+            caption_slots=np.concatenate([p.caption_slots for p in parts]),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -169,7 +183,7 @@ def run_queries(
     echo: Echo,
 ) -> None:
     """Searches every query the cache lacks, `concurrency` at a time, appending each as it finishes."""
-    cached = cache.load()
+    cached = cache.ids()
     todo = [q for q in queries if q.id not in cached]
     echo(f"queries: {len(queries) - len(todo)} cached, {len(todo)} to run ({concurrency} at a time)")
     lock = threading.Lock()

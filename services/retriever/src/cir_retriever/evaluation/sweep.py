@@ -178,12 +178,20 @@ def run_sweep(
                 ranked.update(basis.rank(**weights, score=options.score, depth=depth, keep=kept))
             rows.append(SweepRow(point, score_rankings(ranked)))
         return rows
+    matrices: dict = {}  # each gallery's latest matrix: consecutive points mostly share it
     for point in points:
         if strategy is StrategyName.CVSI and not valid_cvsi_point(point, options):
             rows.append(SweepRow(point, {}))
             continue
         ranked = rank_queries(
-            strategy, replace(options, **point), records, galleries, gallery_of, depth, keep=keep
+            strategy,
+            replace(options, **point),
+            records,
+            galleries,
+            gallery_of,
+            depth,
+            keep=keep,
+            matrices=matrices,
         )
         rows.append(SweepRow(point, score_rankings(ranked)))
     return rows
