@@ -77,6 +77,12 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class EngineCounters:
+    in_flight: int
+    aborted: int
+
+
+@dataclass(frozen=True)
 class BackendModel:
     """What produced the answers: shown to callers and hashed into cache keys."""
 
@@ -103,6 +109,10 @@ class LLMBackend(Protocol):
         self, prompts: Sequence[PreparedPrompt], sampling: Sampling, deadline: float | None
     ) -> list[Completion]:
         """One completion per prompt, all in flight together; `deadline` is a time.monotonic() value."""
+        ...
+
+    def engine_counters(self) -> EngineCounters | None:
+        """Generations running now and aborted so far, where the backend can tell (None elsewhere)."""
         ...
 
     async def close(self) -> None: ...

@@ -25,6 +25,7 @@ from cir_reasoner.generation import (
     PROMPT_FORMATS,
     BackendModel,
     Completion,
+    EngineCounters,
     PreparedPrompt,
     PromptEncoder,
     Sampling,
@@ -214,6 +215,9 @@ class OpenAIBackend:
             log.info("retrying in %.2f s after: %s", delay, last_error)
             await asyncio.sleep(delay)
         return Completion(text=None, error=f"{last_error} (gave up after {self.max_retries + 1} tries)")
+
+    def engine_counters(self) -> EngineCounters | None:
+        return None  # the endpoint's scheduler is not visible from here
 
     async def close(self) -> None:
         await self._client.aclose()

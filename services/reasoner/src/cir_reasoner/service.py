@@ -368,9 +368,7 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
     ) -> reasoner_pb2.GetModelInfoResponse:
         backend = self.backend
         settings = self.settings
-        # Only the in-process engine knows what it is running (the vllm backend's counters).
-        unfinished = getattr(backend, "unfinished_requests", None)
-        stats = getattr(backend, "stats", None)
+        counters = backend.engine_counters()
         return reasoner_pb2.GetModelInfoResponse(
             model=self._model_identity(),
             backend=backend.name,
@@ -385,8 +383,8 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
             max_prompt_tokens=settings.max_prompt_tokens,
             max_output_tokens=settings.max_output_tokens,
             default_edit_template=settings.default_edit_template,
-            generations_in_flight=unfinished() if unfinished is not None else None,
-            generations_aborted=getattr(stats, "aborted", None),
+            generations_in_flight=counters.in_flight if counters else None,
+            generations_aborted=counters.aborted if counters else None,
         )
 
 

@@ -21,6 +21,7 @@ from transformers import StoppingCriteria
 from cir_reasoner.generation import (
     BackendModel,
     Completion,
+    EngineCounters,
     PreparedPrompt,
     PromptEncoder,
     Sampling,
@@ -75,6 +76,9 @@ class TransformersBackend:
                 # Keep the lock until the thread let go of the model; the next batch would only wait for it.
                 await asyncio.wait({work})
                 raise
+
+    def engine_counters(self) -> EngineCounters | None:
+        return None  # generate() runs to completion: nothing is tracked or aborted
 
     async def close(self) -> None:
         # Waits for a batch still on the worker thread; the weights go with the last reference.

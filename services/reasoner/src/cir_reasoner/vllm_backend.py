@@ -22,6 +22,7 @@ from cir_common.errors import Unavailable
 from cir_reasoner.generation import (
     BackendModel,
     Completion,
+    EngineCounters,
     PreparedPrompt,
     PromptEncoder,
     Sampling,
@@ -226,6 +227,9 @@ class VllmBackend:
         if self.engine is None:
             raise Unavailable("the vLLM engine was shut down")
         return self.engine
+
+    def engine_counters(self) -> EngineCounters:
+        return EngineCounters(in_flight=self.unfinished_requests(), aborted=self.stats.aborted)
 
     def unfinished_requests(self) -> int:
         """Requests the engine still tracks: 0 once every call has finished or been aborted."""
