@@ -313,6 +313,15 @@ def test_bad_inputs_get_clear_status_codes(encoder):
         ),
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "no placeholder token" in message
+    assert "past the first 77 tokens" in message
+
+    code, message = _code(
+        stub.EmbedComposedPrompts,
+        encoder_pb2.EmbedComposedPromptsRequest(
+            prompts=[encoder_pb2.ComposedPrompt(text="a photo of $, red", reference_image=_image(1))]
+        ),
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "joined to the characters beside it" in message
 
     code, message = _code(
         stub.EmbedComposedPrompts,

@@ -142,3 +142,24 @@ def test_a_cached_checkpoint_is_identified_by_its_content_hash(tmp_path: Path) -
     plain = tmp_path / "ViT-L-14.pt"  # a URL download: no hash in its name, so the bytes are hashed
     plain.write_bytes(content)
     assert cached_file_sha256(plain) == digest
+
+
+def test_a_pretrained_tag_is_identified_by_its_cached_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """Without any hub request: the tag's hub file is looked up in the local cache, blob name = sha256."""
+    from huggingface_hub import constants
+
+    from cir_encoder.clip_loading import _downloaded_tag_identity
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert _downloaded_tag_identity("ViT-B-32", "openai", "tag:openai") == "tag:openai"  # nothing cached
+
+    digest = hashlib.sha256(b"weights").hexdigest()
+    repo = tmp_path / "models--timm--vit_base_patch32_clip_224.openai"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / digest).write_bytes(b"weights")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    snapshot = repo / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_model.safetensors").symlink_to(repo / "blobs" / digest)
+    assert _downloaded_tag_identity("ViT-B-32", "openai", "tag:openai") == digest

@@ -174,7 +174,7 @@ def _pretrained_identity(model: str, pretrained: str) -> str:
 
     file = Path(pretrained).expanduser()
     if file.is_file():
-        return sha256_file(file)
+        return cached_file_sha256(file)
     tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
     if pretrained in tags:
         return f"tag:{pretrained}"
@@ -185,14 +185,25 @@ def _pretrained_identity(model: str, pretrained: str) -> str:
 
 
 def _downloaded_tag_identity(model: str, tag: str, fallback: str) -> str:
-    """sha256 of the file a pretrained tag loaded from (in the local cache: the load just read it)."""
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+    """sha256 of the Hugging Face cache file a pretrained tag loaded from, found without a hub request.
 
-    try:
-        path = download_pretrained(get_pretrained_cfg(model.replace("/", "-"), tag))
-    except Exception:  # noqa: BLE001  (no cached file to name: the tag stays the identity)
+    open_clip prefers the hub copy (`hf_hub`: "org/repo/" or "org/repo/filename") and its safetensors twin;
+    a tag served from a plain URL keeps `fallback`.
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import get_pretrained_cfg
+
+    repo, _, filename = get_pretrained_cfg(model.replace("/", "-"), tag).get("hf_hub", "").rpartition("/")
+    if not repo:
         return fallback
-    return cached_file_sha256(Path(path)) if path and Path(path).is_file() else fallback
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if filename.endswith((".bin", ".pth")):
+        names.insert(0, filename.rsplit(".", 1)[0].replace("pytorch_model", "model") + ".safetensors")
+    for name in names:
+        path = try_to_load_from_cache(repo, name)
+        if isinstance(path, str) and Path(path).is_file():
+            return cached_file_sha256(Path(path))
+    return fallback
 
 
 def cached_file_sha256(path: Path) -> str:

@@ -238,15 +238,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         engine = self.engine
         name, phi = engine.resolve_mapping_network(request.mapping_network)
         tokenized = engine.tokenize([p.text for p in prompts])
-        # A "$" cut off past the context is no placeholder token: nothing would be injected, and the
-        # prompt would silently ignore the reference.
-        for index, row in enumerate(tokenized.ids):
-            if not bool((row == engine.placeholder_token_id).any()):
-                raise InvalidArgument(
-                    f"prompts[{index}].text has {PLACEHOLDER!r} but no placeholder token within the first "
-                    f"{engine.clip.context_length} tokens: put it near the start "
-                    '(e.g. "a photo of $ that is red")'
-                )
+        # A "$" the tokenizer does not keep as the placeholder word (cut off past the context, or fused with
+        # other characters) injects nothing: the prompt would silently ignore the reference.
+        has_placeholder = (tokenized.ids == engine.placeholder_token_id).any(dim=1)
+        for index in (~has_placeholder).nonzero().flatten().tolist():
+            where = (
+                f"past the first {engine.clip.context_length} tokens, where the text is cut off"
+                if tokenized.truncated[index]
+                else 'joined to the characters beside it (e.g. "$,")'
+            )
+            raise InvalidArgument(
+                f"prompts[{index}].text has {PLACEHOLDER!r} but no placeholder token: it is {where}; write "
+                'it as a separate word near the start (e.g. "a photo of $ that is red")'
+            )
         timer = StageTimer()
         raw = await self._reference_embeddings(prompts, self._preprocessing(request.preprocessing), timer)
         assert self._composed_batcher is not None
