@@ -197,8 +197,10 @@ section "GPU images' install plans: deploy/docker/install-service.sh --dry-run (
 for service in encoder captioner reasoner; do
   plan="$(bash deploy/docker/install-service.sh "$service" --dry-run 2>>"$WORK/gpu-plans.log" | tail -n 1)" ||
     { tail -n 30 "$WORK/gpu-plans.log"; fail "install-service.sh $service --dry-run"; }
-  want="torch==2.13.0"
-  [ "$service" = reasoner ] && want="vllm==0.32.0"
+  package=torch
+  [ "$service" = reasoner ] && package=vllm
+  want="$(grep -m1 "^$package==" deploy/docker/constraints.txt)" # the image pin, as resolved
+  [ -n "$want" ] || fail "deploy/docker/constraints.txt pins no $package"
   case "$plan" in
     *"$want"*"nvidia-"*) echo "ok  $service image: $plan" ;;
     *) fail "$service image: the install plan lacks $want or the CUDA packages: $plan" ;;

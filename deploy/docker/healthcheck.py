@@ -20,7 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 SERVICES = {
-    # name: (gRPC service, default port)
+    # name: (gRPC service, default port). Written out, not imported from cir_common: a probe runs every few
+    # seconds and loads nothing but grpc.
     "encoder": ("cir.encoder.v1.EncoderService", 50051),
     "captioner": ("cir.captioner.v1.CaptionerService", 50052),
     "reasoner": ("cir.reasoner.v1.ReasonerService", 50053),

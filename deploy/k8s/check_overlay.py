@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from cir_common.config import load_settings
+from cir_common.local_suite import DEFAULT_PORTS as SERVICES  # service -> its default port
 
-SERVICES = {"encoder": 50051, "captioner": 50052, "reasoner": 50053, "retriever": 50050}
 GPU_SERVICES = {"encoder", "captioner", "reasoner"}
 GPU_OVERLAYS = {"gpu-prod"}  # overlays whose model services get one GPU each
 GPU = "nvidia.com/gpu"
