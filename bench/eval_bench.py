@@ -25,9 +25,10 @@ from cir_retriever.evaluation.model import DatasetName, Query
 from cir_retriever.evaluation.rescoring import Gallery, rank_queries
 from cir_retriever.evaluation.sweep import parse_sweep, run_sweep
 from cir_retriever.fusion import normalize
+from cir_retriever.gallery.types import GalleryFeatures
 from cir_retriever.options import resolve_options
 from cir_retriever.presets import Preset
-from cir_retriever.strategies import GalleryFeatures, QueryInputs, StrategyName
+from cir_retriever.strategies import QueryInputs, StrategyName
 
 DIM = 768
 

@@ -26,9 +26,10 @@ from cir_retriever.feature_protos import (
     query_features_to_proto,
 )
 from cir_retriever.fusion import ScoreFunction, normalize
+from cir_retriever.gallery.types import GalleryFeatures
 from cir_retriever.options import resolve_options
 from cir_retriever.presets import Preset
-from cir_retriever.strategies import GalleryFeatures, QueryInputs, StrategyName
+from cir_retriever.strategies import QueryInputs, StrategyName
 
 D, N, SLOTS = 16, 40, 5
 RNG = np.random.default_rng(7)

@@ -13,7 +13,8 @@ import pytest
 
 from cir_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from cir_retriever.fusion import normalize
-from cir_retriever.store import CollectionSettings, GalleryStore, ImageRecord
+from cir_retriever.gallery.local import GalleryStore
+from cir_retriever.gallery.types import CollectionSettings, ImageRecord
 
 DIM = 8
 
@@ -113,7 +114,7 @@ def test_a_crash_mid_ingestion_keeps_committed_batches_and_nothing_half_written(
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_store import record
-        from cir_retriever.store import GalleryStore
+        from cir_retriever.gallery.local import GalleryStore
         collection = GalleryStore(Path({str(tmp_path)!r})).open("shoes")
         batch = 0
         while True:

@@ -13,7 +13,8 @@ import numpy as np
 from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2
 from cir_common.vectors import vector_from_proto, vector_to_proto
-from cir_retriever.strategies import GalleryFeatures, QueryInputs
+from cir_retriever.gallery.types import GalleryFeatures
+from cir_retriever.strategies import QueryInputs
 
 PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32
 

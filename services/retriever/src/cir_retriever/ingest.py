@@ -20,10 +20,11 @@ from cir_common.request_context import outgoing_metadata
 from cir_common.vectors import vector_from_proto
 from cir_retriever import fusion
 from cir_retriever.downstream import Budget, ModelServices
+from cir_retriever.gallery.local import Collection
+from cir_retriever.gallery.types import ImageRecord
 from cir_retriever.options import PREPROCESSING_TO_PROTO, VARIANT_TO_PROTO
 from cir_retriever.presets import WEIMOCIR_SLOTS
 from cir_retriever.query import PACKED
-from cir_retriever.store import Collection, ImageRecord
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from cir_common.service_kit import StageTimer
 from cir_common.vectors import vector_from_proto, vector_to_proto
 from cir_retriever import fusion
 from cir_retriever.downstream import Budget, ModelServices
+from cir_retriever.gallery.types import CollectionSettings, ImageRecord
 from cir_retriever.options import PREPROCESSING_TO_PROTO, VARIANT_TO_PROTO
 from cir_retriever.presets import WEIMOCIR_SLOTS
 from cir_retriever.settings import RetrieverSettings
-from cir_retriever.store import CollectionSettings, ImageRecord
 from cir_retriever.strategies import (
     CaptionSelection,
     EditMode,

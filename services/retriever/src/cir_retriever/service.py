@@ -21,6 +21,8 @@ from cir_common.images import ImageLimits, content_hash, decode_image
 from cir_common.request_context import outgoing_metadata
 from cir_retriever.downstream import Budget, ModelServices
 from cir_retriever.feature_protos import gallery_page_to_proto, query_features_to_proto
+from cir_retriever.gallery.local import Collection, GalleryStore, validate_collection_name
+from cir_retriever.gallery.types import CollectionSettings
 from cir_retriever.index import IndexCache
 from cir_retriever.ingest import IngestPipeline, ItemOutcome, PendingImage
 from cir_retriever.options import (
@@ -37,7 +39,6 @@ from cir_retriever.options import (
 from cir_retriever.presets import Preset
 from cir_retriever.query import Degradation, QueryPipeline, QueryRequest, Reference, Trace
 from cir_retriever.settings import ENV_PREFIX, RetrieverSettings
-from cir_retriever.store import Collection, CollectionSettings, GalleryStore, validate_collection_name
 from cir_retriever.strategies import (
     DESCRIPTIONS,
     TEXTUAL_INVERSION,

@@ -14,6 +14,7 @@ import numpy as np
 
 from cir_retriever import fusion
 from cir_retriever.fusion import ScoreFunction, normalize
+from cir_retriever.gallery.types import GalleryFeatures, GalleryKind, GallerySpec
 
 
 class StrategyName(StrEnum):
@@ -109,24 +110,6 @@ def requirements(strategy: StrategyName, options: Options) -> Requirements:
     return Requirements(captions=True, edits=options.edit_mode, objects=True, pseudo_prompt="")
 
 
-class GalleryKind(StrEnum):
-    IMAGE = "image"  # t_v
-    CVSI = "cvsi"  # gamma*t_c + (1-gamma)*t_v, then as the score function needs
-    WEIMOCIR_CODED = "weimocir_coded"  # [normalize(C_1..C_R), t_v]
-    WEIMOCIR_PAPER = "weimocir_paper"  # (1-b)*t_v + b*mean_r normalize(C_r)
-
-
-@dataclass(frozen=True)
-class GallerySpec:
-    """Identifies one precomputed gallery matrix; hashable so indexes can be cached by it."""
-
-    kind: GalleryKind
-    gamma: float = 0.0
-    caption_features_renormalized: bool = False
-    score: ScoreFunction = ScoreFunction.DOT
-    weimocir_b: float = 0.0
-
-
 @dataclass
 class QueryInputs:
     """Raw (unnormalised) features of one query; None where not computed or not available."""
@@ -205,15 +188,6 @@ def _required(value: np.ndarray | None, name: str) -> np.ndarray:
     if value is None:
         raise ValueError(f"the query input {name!r} was not computed")
     return value
-
-
-@dataclass(frozen=True)
-class GalleryFeatures:
-    """What the store keeps per image, as matrices over the whole collection."""
-
-    t_v: np.ndarray  # (n, d) normalised image features
-    caption_mean: np.ndarray  # (n, d) mean of normalised caption features, not renormalised
-    caption_slots: np.ndarray  # (n, R, d) raw features of the first R captions
 
 
 def gallery_matrix(spec: GallerySpec, features: GalleryFeatures) -> np.ndarray:

@@ -23,7 +23,8 @@ import numpy as np
 
 from cir_common.errors import InvalidArgument
 from cir_common.vectors import pack_f32, pack_f32_matrix, unpack_f32, unpack_f32_matrix
-from cir_retriever.strategies import GalleryFeatures, Options, QueryInputs, StrategyName, requirements
+from cir_retriever.gallery.types import GalleryFeatures
+from cir_retriever.strategies import Options, QueryInputs, StrategyName, requirements
 
 
 def input_signature(strategy: StrategyName, options: Options) -> str:

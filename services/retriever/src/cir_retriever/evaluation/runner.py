@@ -24,7 +24,7 @@ from cir_retriever.evaluation.feature_cache import IngestJournal, QueryCache, Qu
 from cir_retriever.evaluation.model import EvalSplit, GalleryItem, Query
 from cir_retriever.evaluation.rescoring import Gallery
 from cir_retriever.feature_protos import gallery_images_from_proto, query_features_from_proto
-from cir_retriever.strategies import GalleryFeatures
+from cir_retriever.gallery.types import GalleryFeatures
 
 Echo = Callable[[str], None]
 # Images per IngestImages stream: the journal is written when a stream ends, so an interruption

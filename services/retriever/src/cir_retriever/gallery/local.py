@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +26,13 @@ import numpy as np
 from cir_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from cir_common.vectors import pack_f32, pack_f32_matrix, unpack_f32, unpack_f32_matrix
 from cir_retriever.fusion import normalize
-from cir_retriever.strategies import GalleryFeatures
+from cir_retriever.gallery.types import (
+    CollectionSettings,
+    GalleryFeatures,
+    ImageRecord,
+    Manifest,
+    settings_from_dict,
+)
 
 # Snapshot versions are unique across every Collection object of the process: a collection dropped and
 # created again under the same name never reuses a version, so no cached index of the old one matches.
@@ -60,37 +66,6 @@ def validate_collection_name(name: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass
-class CollectionSettings:
-    num_captions: int = 15
-    decoding_variant: str = "beam_sample"
-    preprocessing: str = "targetpad"
-
-
-@dataclass
-class Manifest:
-    name: str
-    settings: CollectionSettings
-    created_at: str
-    updated_at: str
-    embedding_dim: int = 0
-    # ModelIdentity fields of the models that produced the vectors; empty until the first ingest.
-    encoder: dict[str, str] = field(default_factory=dict)
-    captioner: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    id: str
-    uri: str
-    metadata: dict[str, str]
-    content_sha256: str
-    captions: list[str]
-    image_raw: np.ndarray  # raw CLIP image embedding (d,)
-    caption_mean: np.ndarray  # mean of normalised caption features (d,)
-    caption_slots: np.ndarray  # raw features of the first R captions (R, d)
 
 
 @dataclass(frozen=True)
@@ -130,7 +105,7 @@ class Collection:
                 f"collection at {self.path} has no manifest; it was not created by this store"
             )
         data = json.loads(row[0])
-        data["settings"] = CollectionSettings(**data["settings"])
+        data["settings"] = settings_from_dict(data["settings"])
         return Manifest(**data)
 
     def write_manifest(self, manifest: Manifest) -> None:
