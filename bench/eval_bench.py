@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cir.retriever.v1 import retriever_pb2
+from cir_retriever.conversions import resolve_options_from_proto
 from cir_retriever.evaluation.evaluate import scoring_plan
 from cir_retriever.evaluation.feature_cache import QueryRecord
 from cir_retriever.evaluation.metrics import compute_metrics
@@ -26,7 +27,6 @@ from cir_retriever.evaluation.rescoring import Gallery, rank_queries
 from cir_retriever.evaluation.sweep import parse_sweep, run_sweep
 from cir_retriever.fusion import normalize
 from cir_retriever.gallery.types import GalleryFeatures
-from cir_retriever.options import resolve_options
 from cir_retriever.presets import Preset
 from cir_retriever.strategies import QueryInputs, StrategyName
 
@@ -72,7 +72,9 @@ def _data(dataset: DatasetName, queries: int, gallery: int, seed: int = 0):
 def bench(dataset: DatasetName, queries: int, gallery_size: int, sweep: str) -> dict:
     records, query_list, galleries = _data(dataset, queries, gallery_size)
     gallery_of = dict.fromkeys(records, "")
-    options = resolve_options(Preset(dataset.value), retriever_pb2.Weights(), retriever_pb2.StrategyOptions())
+    options = resolve_options_from_proto(
+        Preset(dataset.value), retriever_pb2.Weights(), retriever_pb2.StrategyOptions()
+    )
     depth, keep = scoring_plan(dataset, query_list)
     started = time.perf_counter()
     ranked = rank_queries(StrategyName.CVSI, options, records, galleries, gallery_of, depth, keep=keep)

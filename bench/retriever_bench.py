@@ -1,11 +1,11 @@
-"""Retriever benchmarks: query latency per stage (concurrent vs sequential stages), exact-search
-latency against collection size, and ingestion throughput.
+"""Retriever benchmarks: query latency per stage (concurrent vs sequential stages) and ingestion throughput
+(the gallery store's search, writes and memory: bench/store_bench.py).
 
   .venv/bin/python bench/retriever_bench.py --out bench/results/retriever.json
 
 The query and ingestion figures run the whole suite (four processes on loopback, Redis, the
 vLLM CPU engine) with the tiny pack; every query uses a new reference image so that no stage is
-served from a cache. The search figures use random vectors of dimension 768 (ViT-L/14).
+served from a cache.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from PIL import Image
 from cir_common.local_suite import LocalSuite
 from cir_common.retriever_client import connect, index_folder, search_request
 from cir_common.tiny_pack import build_tiny_pack
-from cir_retriever.index import ExactIndex
 
 
 def _random_images(folder: Path, count: int, seed: int) -> list[Path]:
@@ -95,57 +94,17 @@ def bench_queries(profile: Path, workdir: Path, queries: int) -> dict:
     }
 
 
-def bench_search(sizes: list[int], dim: int, queries: int) -> list[dict]:
-    rng = np.random.default_rng(0)
-    rows = []
-    for size in sizes:
-        matrix = rng.standard_normal((size, dim), dtype=np.float32)
-        started = time.perf_counter()
-        index = ExactIndex(matrix)
-        build_s = time.perf_counter() - started
-        del matrix
-        probes = rng.standard_normal((queries, dim), dtype=np.float32)
-        single = []
-        for q in probes:
-            started = time.perf_counter()
-            index.search(q[None, :], 10)
-            single.append((time.perf_counter() - started) * 1000.0)
-        started = time.perf_counter()
-        index.search(probes, 10)
-        batched_ms = (time.perf_counter() - started) * 1000.0
-        row = {
-            "vectors": size,
-            "dim": dim,
-            "build_s": round(build_s, 2),
-            "single_query_ms_median": round(statistics.median(single), 2),
-            "single_query_ms_p95": round(sorted(single)[int(0.95 * (len(single) - 1))], 2),
-            f"batch_of_{queries}_ms": round(batched_ms, 1),
-        }
-        print(f"search: {row}", flush=True)
-        rows.append(row)
-        del index
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="bench/results/retriever.json")
     parser.add_argument("--queries", type=int, default=8, help="cvsi queries per mode")
-    parser.add_argument("--sizes", default="10000,100000,1000000", help="collection sizes for exact search")
-    parser.add_argument("--skip-suite", action="store_true", help="only the search-latency part")
     args = parser.parse_args()
-    import faiss
-
-    results: dict = {
-        "machine": {"python": platform.python_version(), "faiss_threads": faiss.omp_get_max_threads()},
-        "search_latency": bench_search([int(s) for s in args.sizes.split(",")], 768, 100),
-    }
-    if not args.skip_suite:
-        with tempfile.TemporaryDirectory() as tmp:
-            profile = build_tiny_pack(Path(tmp) / "pack", echo=None)
-            results.update(bench_queries(profile, Path(tmp), args.queries))
+    results: dict = {"machine": {"python": platform.python_version()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        profile = build_tiny_pack(Path(tmp) / "pack", echo=None)
+        results.update(bench_queries(profile, Path(tmp), args.queries))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

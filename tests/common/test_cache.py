@@ -128,7 +128,9 @@ async def test_both_caches_satisfy_the_protocol(redis_server):
 
 @pytest.fixture
 async def redis_cache(redis_server):
-    cache = RedisCache(redis_server.url)
+    # A generous socket timeout: these tests check behaviour, and 40 concurrent connects on a loaded machine
+    # can take longer than the production default (0.25 s), which would trip the outage breaker.
+    cache = RedisCache(redis_server.url, socket_timeout_s=5.0)
     yield cache
     await cache.close()
 
@@ -164,7 +166,7 @@ async def test_redis_ttl_is_set_on_write(redis_cache, redis_server):
 
 
 async def test_redis_default_ttl_applies_when_none_is_given(redis_server):
-    cache = RedisCache(redis_server.url, default_ttl_s=50)
+    cache = RedisCache(redis_server.url, default_ttl_s=50, socket_timeout_s=5.0)
     raw = aioredis.Redis.from_url(redis_server.url)
     key = _unique()
     try:

@@ -163,3 +163,34 @@ async def test_shutdown_turns_not_serving_and_drains_in_flight_calls(host_and_ch
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=2)
     assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_health_follows_a_backend_check(host_and_channel):
+    """A service whose backend goes away (the retriever's Milvus) reports NOT_SERVING until it is back."""
+    host, _, channel = host_and_channel
+    host.settings.health_check_interval_s = 0.02
+    await host.set_ready()
+    backend_up = True
+
+    async def check() -> None:
+        if not backend_up:
+            raise ConnectionError("backend unreachable")
+
+    async def wait_for(status: int) -> None:
+        for _ in range(500):  # a state, with a bound: no assumption on the machine's speed
+            if await _health(channel, SERVICE) == status:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"health never became {status}")
+
+    follower = asyncio.create_task(host.follow(check))
+    try:
+        await wait_for(health_pb2.HealthCheckResponse.SERVING)
+        backend_up = False
+        await wait_for(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # the process itself is alive: liveness on "" must not restart it during a backend outage
+        assert await _health(channel, "") == health_pb2.HealthCheckResponse.SERVING
+        backend_up = True
+        await wait_for(health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        follower.cancel()

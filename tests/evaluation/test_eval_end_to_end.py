@@ -19,13 +19,13 @@ from cir.retriever.v1 import retriever_pb2
 from cir_common.cli import main as cir
 from cir_common.local_suite import LocalSuite
 from cir_common.retriever_client import connect
+from cir_retriever.conversions import resolve_options_from_proto
 from cir_retriever.evaluation.datasets import load_split
 from cir_retriever.evaluation.feature_cache import QueryCache, input_signature
 from cir_retriever.evaluation.model import DatasetName, Split
 from cir_retriever.evaluation.runner import collection_name, ingest_gallery
 from cir_retriever.evaluation.submissions import validate_circo_submission, validate_cirr_submission
 from cir_retriever.evaluation.synthetic import write_synthetic_dataset
-from cir_retriever.options import resolve_options
 from cir_retriever.presets import Preset
 from cir_retriever.strategies import StrategyName
 
@@ -141,7 +141,9 @@ def test_circo_cvsi_run_resumes_and_rescores_from_the_cache(suite, datasets, tmp
     assert _eval(suite, "circo", root, out) == 0
     err = capsys.readouterr().err
     assert "0 to go" in err and "queries: 2 cached, 2 to run" in err
-    options = resolve_options(Preset.CIRCO, retriever_pb2.Weights(), retriever_pb2.StrategyOptions())
+    options = resolve_options_from_proto(
+        Preset.CIRCO, retriever_pb2.Weights(), retriever_pb2.StrategyOptions()
+    )
     cache = QueryCache(out, input_signature(StrategyName.CVSI, options))
     lines = cache.path.read_text().splitlines()
     assert len(lines) == 4  # nothing asked twice

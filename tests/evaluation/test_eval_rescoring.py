@@ -7,6 +7,13 @@ import pytest
 
 from cir.retriever.v1 import retriever_pb2
 from cir_retriever import fusion
+from cir_retriever.conversions import (
+    gallery_images_from_proto,
+    gallery_page_to_proto,
+    query_features_from_proto,
+    query_features_to_proto,
+    resolve_options_from_proto,
+)
 from cir_retriever.evaluation.feature_cache import (
     IngestJournal,
     QueryCache,
@@ -19,15 +26,8 @@ from cir_retriever.evaluation.metrics import cirr_metrics
 from cir_retriever.evaluation.model import Query
 from cir_retriever.evaluation.rescoring import Gallery, ldre_weights, rank_queries, ranking_rows, top_rows
 from cir_retriever.evaluation.sweep import CvsiBasis, parse_sweep, run_sweep
-from cir_retriever.feature_protos import (
-    gallery_images_from_proto,
-    gallery_page_to_proto,
-    query_features_from_proto,
-    query_features_to_proto,
-)
 from cir_retriever.fusion import ScoreFunction, normalize
-from cir_retriever.gallery.types import GalleryFeatures
-from cir_retriever.options import resolve_options
+from cir_retriever.gallery.types import FeaturePage, GalleryFeatures
 from cir_retriever.presets import Preset
 from cir_retriever.strategies import QueryInputs, StrategyName
 
@@ -60,7 +60,7 @@ def _options(preset: Preset = Preset.CIRCO, score: str = "dot", **weights: float
         if score == "cosine"
         else retriever_pb2.SCORE_FUNCTION_DOT
     )
-    return resolve_options(preset, retriever_pb2.Weights(**weights), choices)
+    return resolve_options_from_proto(preset, retriever_pb2.Weights(**weights), choices)
 
 
 def _direct_cvsi_ranking(record: QueryRecord, gallery: Gallery, options) -> list[str]:
@@ -306,8 +306,16 @@ def test_feature_protos_round_trip():
         query_features_from_proto(retriever_pb2.QueryFeatures())
 
     gallery = _gallery(7)
+    f = gallery.features
     pages = [
-        gallery_page_to_proto(gallery.ids, ["u"] * 7, gallery.features, range(s, min(s + 3, 7)), 7)
+        gallery_page_to_proto(
+            FeaturePage(
+                gallery.ids[s : s + 3],
+                ["u"] * len(gallery.ids[s : s + 3]),
+                GalleryFeatures(f.t_v[s : s + 3], f.caption_mean[s : s + 3], f.caption_slots[s : s + 3]),
+                7,
+            )
+        )
         for s in range(0, 7, 3)
     ]
     ids, features = gallery_images_from_proto([image for page in pages for image in page.images])

@@ -9,8 +9,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
-from cir_retriever.downstream import ModelServices
+from cir_retriever.clients import Budget, ModelServices
 
 CALLS = 40
 
@@ -24,7 +25,7 @@ class CountingEncoder(encoder_pb2_grpc.EncoderServiceServicer):
 
     async def GetModelInfo(self, request, context):
         self.calls += 1
-        return encoder_pb2.GetModelInfoResponse(device=self.name)
+        return encoder_pb2.GetModelInfoResponse(model=common_pb2.ModelIdentity(name=self.name))
 
 
 @pytest.fixture
@@ -49,8 +50,7 @@ async def test_calls_are_spread_over_every_replica(replicas):
     services = ModelServices(address, address, address, 4 * 1024 * 1024)
     try:
         answered = [
-            (await services.encoder.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=10)).device
-            for _ in range(CALLS)
+            (await services.encoder.model_info(Budget.starting_now(10))).model.name for _ in range(CALLS)
         ]
     finally:
         await services.close()

@@ -48,6 +48,9 @@ class ServiceSettings:
     max_image_pixels: int = 50_000_000
     # Local folders from which images may be referenced by file:// URI; empty = URIs refused.
     image_uri_roots: list[str] = dataclasses.field(default_factory=list)
+    # Once SERVING, how often a service that depends on a backend (the retriever's gallery store) checks it;
+    # health turns NOT_SERVING while the check fails and SERVING again when it passes.
+    health_check_interval_s: float = 5.0
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

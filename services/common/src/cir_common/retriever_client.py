@@ -5,8 +5,9 @@ Used by the `cir index`, `cir search` and `cir demo` commands.
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,3 +172,85 @@ def format_response(response: retriever_pb2.SearchResponse) -> str:
     timings = ", ".join(f"{t.stage} {t.milliseconds:.0f} ms" for t in response.timings)
     lines.append(f"  timings: {timings}")
     return "\n".join(lines)
+
+
+# --- collections and filters (cir collections create --filterable, cir search --where) -------------------
+
+FIELD_TYPES = {
+    name.removeprefix("FIELD_TYPE_").lower(): value
+    for name, value in retriever_pb2.FieldType.items()
+    if value != retriever_pb2.FIELD_TYPE_UNSPECIFIED
+}
+_WHERE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(<=|>=|=|<|>|\s+in\s+)\s*(.*?)\s*$")
+_RANGE_BOUND = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
+
+
+class UsageError(ValueError):
+    """A command-line value the user must change; the message says how."""
+
+
+def parse_filterable(spec: str) -> list[retriever_pb2.FilterableField]:
+    """`color:string,price:float` -> declared filterable fields."""
+    fields = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, kind = part.partition(":")
+        if kind not in FIELD_TYPES:
+            raise UsageError(
+                f"--filterable {part!r}: write NAME:TYPE with TYPE one of {', '.join(FIELD_TYPES)}"
+            )
+        fields.append(retriever_pb2.FilterableField(name=name, type=FIELD_TYPES[kind]))
+    return fields
+
+
+def parse_where(
+    conditions: Sequence[str], declared: Sequence[retriever_pb2.FilterableField]
+) -> retriever_pb2.SearchFilter:
+    """`color=red`, `color in red,blue`, `price<50`, `in_stock=true` -> a SearchFilter, typed by the
+    collection's declared fields (so "true" means a bool only for a bool field)."""
+    types = {f.name: f.type for f in declared}
+    result = retriever_pb2.SearchFilter()
+    for text in conditions:
+        match = _WHERE.match(text)
+        if match is None:
+            raise UsageError(
+                f"--where {text!r}: write FIELD=VALUE, FIELD in A,B, or FIELD<, <=, >, >= NUMBER"
+            )
+        name, op, value = match.group(1), match.group(2).strip(), match.group(3)
+        kind = types.get(name)
+        if kind is None:
+            known = ", ".join(sorted(types)) or "none"
+            raise UsageError(
+                f"--where {text!r}: {name} is not a filterable field (this collection's: {known})"
+            )
+        condition = result.conditions.add(field=name)
+        if kind in (retriever_pb2.FIELD_TYPE_INT, retriever_pb2.FIELD_TYPE_FLOAT):
+            try:
+                number = float(value)
+            except ValueError:
+                raise UsageError(
+                    f"--where {text!r}: {name} is a number field; {value!r} is not a number"
+                ) from None
+            if op == "=":
+                condition.range.gte, condition.range.lte = number, number
+            elif op in _RANGE_BOUND:
+                setattr(condition.range, _RANGE_BOUND[op], number)
+            else:
+                raise UsageError(f"--where {text!r}: compare the number field {name} with =, <, <=, > or >=")
+            continue
+        if op in _RANGE_BOUND:
+            raise UsageError(f"--where {text!r}: {name} is not a number field; use = or in")
+        values = [v.strip() for v in value.split(",")] if op == "in" else [value]
+        typed = [_filter_value(v, kind, text) for v in values]
+        if op == "in":
+            condition.any_of.values.extend(typed)
+        else:
+            condition.equals.CopyFrom(typed[0])
+    return result
+
+
+def _filter_value(value: str, kind: int, text: str) -> retriever_pb2.FilterValue:
+    if kind == retriever_pb2.FIELD_TYPE_BOOL:
+        if value.lower() not in ("true", "false"):
+            raise UsageError(f"--where {text!r}: a bool field takes true or false")
+        return retriever_pb2.FilterValue(bool_value=value.lower() == "true")
+    return retriever_pb2.FilterValue(string_value=value)

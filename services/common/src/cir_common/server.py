@@ -159,6 +159,8 @@ class ServiceHost:
         )
         self._stopping = False
         self._stopped = asyncio.Event()
+        # What health reports after loading: a backend check may turn it off and on again.
+        self._healthy = True
 
     async def start(self) -> int:
         """Binds and starts serving (health NOT_SERVING until `set_ready`). Returns the bound port."""
@@ -193,8 +195,43 @@ class ServiceHost:
         self._stopped.set()
         log.info("%s stopped", self.display_name)
 
-    async def run(self, load: Callable[[], Awaitable[None]]) -> None:
-        """Serves until SIGTERM/SIGINT: listens at once, runs `load`, then turns SERVING."""
+    async def set_serving(self, serving: bool) -> None:
+        """The service's health follows a backend check (never after shutdown began: draining stays
+        NOT_SERVING). The server-wide "" status stays SERVING: the process is alive, so a liveness probe on
+        it does not restart every replica during a backend outage, while readiness (on the service name)
+        takes the replica out of rotation."""
+        if self._stopping or serving == self._healthy:
+            return
+        self._healthy = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self.service_names:
+            await self.health.set(name, status)
+        log.warning(
+            "%s health is now %s",
+            self.display_name,
+            health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+        )
+
+    async def follow(self, check: Callable[[], Awaitable[None]]) -> None:
+        """Runs `check` every health_check_interval_s; a failure means NOT_SERVING until it passes again."""
+        while True:
+            await asyncio.sleep(self.settings.health_check_interval_s)
+            try:
+                await check()
+            except Exception as error:  # noqa: BLE001 - any failure of the check means not serving
+                if self._healthy:
+                    log.warning("%s backend check failed: %s", self.display_name, error)
+                await self.set_serving(False)
+            else:
+                await self.set_serving(True)
+
+    async def run(
+        self, load: Callable[[], Awaitable[None]], check: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Serves until SIGTERM/SIGINT: listens at once, runs `load`, then turns SERVING (and, with `check`,
+        follows it: NOT_SERVING while it fails)."""
         await self.start()
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
@@ -206,7 +243,10 @@ class ServiceHost:
         if loader in done:
             loader.result()  # a failed load ends the process with its error
             await self.set_ready()
+            watcher = asyncio.create_task(self.follow(check)) if check is not None else None
             await waiter
+            if watcher is not None:
+                watcher.cancel()
         else:
             loader.cancel()
         await self.stop()

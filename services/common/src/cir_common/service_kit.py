@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cir.common.v1 import common_pb2
 from cir_common.config import ServiceSettings
@@ -80,6 +80,15 @@ class ServiceLifecycle(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class BackendCheck(Protocol):
+    """A service whose readiness depends on a backend it reaches over the network (e.g. a gallery store)."""
+
+    async def check(self) -> None:
+        """Raises while the backend cannot serve."""
+        ...
+
+
 def run_service(
     *,
     display_name: str,
@@ -103,7 +112,7 @@ def run_service(
         host = ServiceHost([service_name], settings, display_name)
         service = build(settings, host)
         try:
-            await host.run(service.load)
+            await host.run(service.load, service.check if isinstance(service, BackendCheck) else None)
         finally:
             await service.close()
 

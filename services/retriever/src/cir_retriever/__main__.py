@@ -7,16 +7,30 @@ import sys
 from cir.retriever.v1 import retriever_pb2_grpc
 from cir_common.server import ServiceHost
 from cir_common.service_kit import run_service
+from cir_retriever.clients import ModelServices
+from cir_retriever.core import Retriever
+from cir_retriever.gallery.factory import open_store
 from cir_retriever.service import RetrieverServicer
 from cir_retriever.settings import RetrieverSettings, load_retriever_settings
 
 SERVICE_NAME = "cir.retriever.v1.RetrieverService"
 
 
-def _build(settings: RetrieverSettings, host: ServiceHost) -> RetrieverServicer:
-    servicer = RetrieverServicer(settings)
-    retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, host.server)
-    return servicer
+def build_retriever(settings: RetrieverSettings) -> Retriever:
+    """The core on the configured gallery store and model services (also used by in-process tests)."""
+    services = ModelServices(
+        settings.encoder_address,
+        settings.captioner_address,
+        settings.reasoner_address,
+        settings.max_message_bytes,
+    )
+    return Retriever(settings, open_store(settings), services)
+
+
+def _build(settings: RetrieverSettings, host: ServiceHost) -> Retriever:
+    core = build_retriever(settings)
+    retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(RetrieverServicer(core), host.server)
+    return core
 
 
 def main() -> int:

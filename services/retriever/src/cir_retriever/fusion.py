@@ -92,6 +92,68 @@ def cvsi(
     return cvsi_scores(q, t, score)  # Eq. 10 (cosine) or the released dot product
 
 
+# --- CVSI factored: the same scores from products with stored row-aligned matrices ----------------
+# A store keeps T_v (normalised image features) and T_c (raw caption means) apart, plus three scalars per
+# row, and answers any gamma exactly with two products instead of building an n x d fused matrix per gamma.
+
+
+def cvsi_row_scalars(t_c: np.ndarray, t_v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row |t_v|^2, |t_c|^2 and t_c . t_v (float64): all the cosine form needs besides the products."""
+    image_sq = np.einsum("nd,nd->n", t_v, t_v, dtype=np.float64)
+    caption_sq = np.einsum("nd,nd->n", t_c, t_c, dtype=np.float64)
+    dots = np.einsum("nd,nd->n", t_c, t_v, dtype=np.float64)
+    return image_sq, caption_sq, dots
+
+
+def cvsi_gallery_norms(
+    gamma: float,
+    image_sq_norms: np.ndarray,
+    caption_sq_norms: np.ndarray,
+    caption_image_dots: np.ndarray,
+    renormalize: bool,
+) -> np.ndarray:
+    """|gamma t_c + (1 - gamma) t_v| per row from the scalars of `cvsi_row_scalars` (Eq. 9's norm).
+
+    |t|^2 = g^2 |t_c|^2 + 2 g (1 - g) t_c . t_v + (1 - g)^2 |t_v|^2; with the renormalised
+    t_c / max(|t_c|, eps) the caption terms are divided by max(|t_c|, eps) (squared for |t_c|^2), as
+    `normalize` does.
+    """
+    caption_sq, dots = caption_sq_norms, caption_image_dots
+    if renormalize:
+        inverse = 1.0 / np.maximum(np.sqrt(caption_sq), _EPS)
+        caption_sq, dots = caption_sq * inverse**2, dots * inverse
+    squared = gamma**2 * caption_sq + 2.0 * gamma * (1.0 - gamma) * dots + (1.0 - gamma) ** 2 * image_sq_norms
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+def cvsi_scores_from_products(
+    image_products: np.ndarray,
+    caption_products: np.ndarray,
+    gamma: float,
+    score: ScoreFunction,
+    image_sq_norms: np.ndarray,
+    caption_sq_norms: np.ndarray,
+    caption_image_dots: np.ndarray,
+    renormalize: bool,
+) -> np.ndarray:
+    """q . searchable_gallery(cvsi_gallery(t_c, t_v, gamma), score) from T_v q and T_c q, exact for any gamma.
+
+    image_products, caption_products: (..., n) products of the query (or queries) with t_v and the raw t_c;
+    the scalars are (n,) from `cvsi_row_scalars`. dot: (1 - g) T_v q + g T_c' q; cosine: that over |t|.
+    Per-row factors are computed in float64 and applied in the products' dtype (no float64 (b, n) copy).
+    """
+    dtype = image_products.dtype
+    if renormalize:
+        caption_scale = (1.0 / np.maximum(np.sqrt(caption_sq_norms), _EPS)).astype(dtype)
+        caption_products = caption_products * caption_scale
+    fused = (1.0 - gamma) * image_products + gamma * caption_products
+    if score is ScoreFunction.DOT:
+        return fused
+    norms = cvsi_gallery_norms(gamma, image_sq_norms, caption_sq_norms, caption_image_dots, renormalize)
+    fused *= (1.0 / np.maximum(norms, _EPS)).astype(dtype)
+    return fused
+
+
 # --- Baselines and textual inversion (method.md 4) ------------------------------------------------
 
 
@@ -207,3 +269,27 @@ def weimocir_paper_gallery(raw_caption_slots: np.ndarray, t_v: np.ndarray, b: fl
     Rows: (1 - b) t_v + b mean_r normalize(t_{n,r}); q is normalised, so each sim is an inner product.
     """
     return (1.0 - b) * t_v + b * normalize(raw_caption_slots).mean(axis=1)
+
+
+# --- WeiMoCIR factored: scores from products with stored row-aligned matrices ------------------------
+
+
+def weimocir_paper_scores_from_products(
+    image_products: np.ndarray, slot_mean_products: np.ndarray, b: float
+) -> np.ndarray:
+    """q . weimocir_paper_gallery rows from T_v q and M q, M = mean_r normalize(C_r); any b, two products."""
+    return (1.0 - b) * image_products + b * slot_mean_products
+
+
+def weimocir_coded_query_parts(query: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A coded query (..., (R + 1) d) split into its caption-slot part (..., R d) and image part (..., d)."""
+    return query[..., :-dim], query[..., -dim:]
+
+
+def weimocir_coded_scores_from_products(slot_products: np.ndarray, image_products: np.ndarray) -> np.ndarray:
+    """q . weimocir_coded_gallery rows = [normalize(C_1..C_R)] . [q_1..q_R] + t_v . q_img.
+
+    slot_products: the product of the slot part of the query with the (n, R d) concatenated normalised slots
+    (that is sum_r normalize(C_r) . q_r, one product); image_products: T_v q_img.
+    """
+    return slot_products + image_products

@@ -10,21 +10,11 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import grpc
-import numpy as np
-
-from cir.captioner.v1 import captioner_pb2
-from cir.common.v1 import common_pb2
-from cir.encoder.v1 import encoder_pb2
-from cir_common.request_context import outgoing_metadata
-from cir_common.vectors import vector_from_proto
 from cir_retriever import fusion
-from cir_retriever.downstream import Budget, ModelServices
-from cir_retriever.gallery.local import Collection
+from cir_retriever.clients import Budget, DownstreamError, ModelServices
+from cir_retriever.gallery.base import Collection
 from cir_retriever.gallery.types import ImageRecord
-from cir_retriever.options import PREPROCESSING_TO_PROTO, VARIANT_TO_PROTO
 from cir_retriever.presets import WEIMOCIR_SLOTS
-from cir_retriever.query import PACKED
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +43,6 @@ class _Computed:
     encoder: dict[str, str] = field(default_factory=dict)
     captioner: dict[str, str] = field(default_factory=dict)
     dim: int = 0
-
-
-def _identity(model: common_pb2.ModelIdentity) -> dict[str, str]:
-    return {"name": model.name, "revision": model.revision, "family": model.family}
 
 
 class IngestPipeline:
@@ -91,8 +77,8 @@ class IngestPipeline:
     async def _compute(self, collection: Collection, items: list[PendingImage]) -> _Computed:
         try:
             return await self._compute_batch(collection, items)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.INVALID_ARGUMENT or len(items) == 1:
+        except DownstreamError as error:
+            if not error.refused_input or len(items) == 1:
                 return _Computed(failures=[_failed(item.id, error) for item in items])
         # One bad item fails a whole batch call: redo one by one so the others still get in.
         merged = _Computed()
@@ -105,41 +91,20 @@ class IngestPipeline:
         return merged
 
     async def _compute_batch(self, collection: Collection, items: list[PendingImage]) -> _Computed:
-        settings = collection.manifest().settings
-        budget = Budget.from_context(None, self._timeout_s)
-        images = [common_pb2.Image(data=item.data) for item in items]
-        embed = self._services.encoder.EmbedImages(
-            encoder_pb2.EmbedImagesRequest(
-                images=images,
-                preprocessing=PREPROCESSING_TO_PROTO[settings.preprocessing],
-                vector_format=PACKED,
+        settings = (await asyncio.to_thread(collection.manifest)).settings
+        budget = Budget.starting_now(self._timeout_s)
+        images = [item.data for item in items]
+        embedded, captioned = await asyncio.gather(
+            self._services.encoder.embed_images(images, settings.preprocessing, budget),
+            self._services.captioner.captions(
+                images, settings.num_captions, settings.decoding_variant, budget
             ),
-            timeout=budget.timeout(),
-            metadata=outgoing_metadata(),
         )
-        caption = self._services.captioner.GenerateCaptions(
-            captioner_pb2.GenerateCaptionsRequest(
-                images=images,
-                num_captions=settings.num_captions,
-                decoding=captioner_pb2.DecodingParameters(
-                    variant=VARIANT_TO_PROTO[settings.decoding_variant]
-                ),
-            ),
-            timeout=budget.timeout(),
-            metadata=outgoing_metadata(),
-        )
-        image_response, caption_response = await asyncio.gather(embed, caption)
-        captions = [list(result.captions) for result in caption_response.results]
-        flat = [text for per_image in captions for text in per_image]
-        text_response = await self._services.encoder.EmbedTexts(
-            encoder_pb2.EmbedTextsRequest(texts=flat, vector_format=PACKED),
-            timeout=budget.timeout(),
-            metadata=outgoing_metadata(),
-        )
-        text_features = np.stack([vector_from_proto(e.embedding) for e in text_response.embeddings])
+        flat = [text for per_image in captioned.per_image for text in per_image]
+        text_features = await self._services.encoder.embed_texts(flat, budget)
         records = []
         offset = 0
-        for item, image_vector, per_image in zip(items, image_response.embeddings, captions, strict=True):
+        for item, image_vector, per_image in zip(items, embedded.vectors, captioned.per_image, strict=True):
             features = text_features[offset : offset + len(per_image)]
             offset += len(per_image)
             records.append(
@@ -149,18 +114,18 @@ class IngestPipeline:
                     metadata=item.metadata,
                     content_sha256=item.sha256,
                     captions=per_image,
-                    image_raw=vector_from_proto(image_vector),
+                    image_raw=image_vector,
                     caption_mean=fusion.caption_feature(features, renormalize=False),
                     caption_slots=features[:WEIMOCIR_SLOTS],
                 )
             )
         return _Computed(
             records=records,
-            encoder=_identity(image_response.model),
-            captioner=_identity(caption_response.model),
-            dim=int(records[0].image_raw.shape[0]),
+            encoder=embedded.model.as_dict(),
+            captioner=captioned.model.as_dict(),
+            dim=int(embedded.vectors.shape[1]),
         )
 
 
-def _failed(item_id: str, error: grpc.aio.AioRpcError) -> ItemOutcome:
-    return ItemOutcome(item_id, "failed", error.code().name, error.details() or "")
+def _failed(item_id: str, error: DownstreamError) -> ItemOutcome:
+    return ItemOutcome(item_id, "failed", error.downstream_code, error.details)

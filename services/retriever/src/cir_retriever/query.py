@@ -20,44 +20,19 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 
-from cir.captioner.v1 import captioner_pb2
-from cir.common.v1 import common_pb2
-from cir.encoder.v1 import encoder_pb2
-from cir.reasoner.v1 import reasoner_pb2
-from cir_common.errors import CirError, DeadlineExceeded, ResourceExhausted, Unavailable
-from cir_common.request_context import outgoing_metadata
+from cir_common.errors import DeadlineExceeded
 from cir_common.service_kit import StageTimer
-from cir_common.vectors import vector_from_proto, vector_to_proto
 from cir_retriever import fusion
-from cir_retriever.downstream import Budget, ModelServices
+from cir_retriever.clients import Budget, DownstreamError, ModelServices, ReasonedText
 from cir_retriever.gallery.types import CollectionSettings, ImageRecord
-from cir_retriever.options import PREPROCESSING_TO_PROTO, VARIANT_TO_PROTO
 from cir_retriever.presets import WEIMOCIR_SLOTS
 from cir_retriever.settings import RetrieverSettings
-from cir_retriever.strategies import (
-    CaptionSelection,
-    EditMode,
-    Options,
-    QueryInputs,
-    Requirements,
-    StrategyName,
-)
+from cir_retriever.strategies import EditMode, Options, QueryInputs, Requirements, StrategyName
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32
-_EDIT_MODE = {
-    EditMode.PER_CAPTION: common_pb2.EDIT_MODE_PER_CAPTION,
-    EditMode.JOINED: common_pb2.EDIT_MODE_JOINED,
-}
-_SELECTION = {
-    CaptionSelection.FIRST: common_pb2.CAPTION_SELECTION_FIRST,
-    CaptionSelection.ALL_JOINED: common_pb2.CAPTION_SELECTION_ALL_JOINED,
-}
 
 
 @dataclass(frozen=True)
@@ -83,7 +58,7 @@ class Trace:
 
 @dataclass(frozen=True)
 class Reference:
-    image: common_pb2.Image | None = None  # given as bytes: embed and caption it now
+    image: bytes | None = None  # given as bytes: embed and caption it now
     stored: ImageRecord | None = None  # an id in the collection: reuse what was stored
 
 
@@ -107,12 +82,6 @@ ENCODER_TEXT_CHARS = 2000
 
 def _fit(text: str) -> str:
     return text[:ENCODER_TEXT_CHARS]
-
-
-def _outcome(item: reasoner_pb2.ReasonedText) -> str:
-    if item.outcome == reasoner_pb2.PARSE_OUTCOME_PARSED:
-        return "parsed"
-    return f"fallback: {item.fallback_reason or reasoner_pb2.ParseOutcome.Name(item.outcome)}"
 
 
 class QueryPipeline:
@@ -174,30 +143,18 @@ class _StageRunner:
         with self.trace.timer.stage(name):
             return await work
 
-    def _essential_error(self, service: str, error: grpc.aio.AioRpcError) -> Exception:
-        if self.budget.remaining() <= 0 or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(f"the {service} did not answer before the request's deadline")
-        if error.code() == grpc.StatusCode.UNAVAILABLE:
-            return Unavailable(f"the {service} service is unavailable: {error.details()}")
-        if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return ResourceExhausted(f"the {service} is overloaded: {error.details()}")
-        # Anything else is a request the retriever itself built: not the caller's fault.
-        return CirError(
-            f"the {service} refused a request of the retriever ({error.code().name}): {error.details()}"
-        )
-
     async def _optional(
         self, stage: str, call: Callable[[], Awaitable[T]], fallback: T, effect: str, budget_s: float
     ) -> tuple[T, bool]:
         """Runs a non-essential stage; on failure or past its budget returns `fallback` and records why."""
         try:
             return await asyncio.wait_for(call(), timeout=self.budget.timeout(budget_s)), True
-        except (TimeoutError, grpc.aio.AioRpcError) as error:
+        except (TimeoutError, DownstreamError) as error:
             if self.budget.remaining() <= 0:
                 raise DeadlineExceeded(f"the request's deadline passed during {stage}") from error
             reason = (
-                f"{error.code().name}: {error.details()}"
-                if isinstance(error, grpc.aio.AioRpcError)
+                f"{error.downstream_code}: {error.details}"
+                if isinstance(error, DownstreamError)
                 else f"over its {budget_s:g} s budget"
             )
             log.warning("%s degraded: %s", stage, reason)
@@ -205,59 +162,42 @@ class _StageRunner:
             return fallback, False
 
     async def _embed_texts(self, stage: str, texts: list[str]) -> np.ndarray:
-        request = encoder_pb2.EmbedTextsRequest(texts=[_fit(t) for t in texts], vector_format=PACKED)
-        try:
-            response = await self._timed(
-                stage,
-                self.s.encoder.EmbedTexts(
-                    request, timeout=self.budget.timeout(), metadata=outgoing_metadata()
-                ),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise self._essential_error("encoder", error) from error
-        return np.stack([vector_from_proto(e.embedding) for e in response.embeddings])
+        return await self._timed(stage, self.s.encoder.embed_texts([_fit(t) for t in texts], self.budget))
 
     # -- stages ----------------------------------------------------------------------------------------
 
     async def image_embedding(self) -> np.ndarray:
         if self.r.reference.stored is not None:
             return self.r.reference.stored.image_raw
-        request = encoder_pb2.EmbedImagesRequest(
-            images=[self.r.reference.image],
-            preprocessing=PREPROCESSING_TO_PROTO[self.r.collection.preprocessing],
-            vector_format=PACKED,
+        assert self.r.reference.image is not None
+        embedded = await self._timed(
+            "embed_reference_image",
+            self.s.encoder.embed_images(
+                [self.r.reference.image], self.r.collection.preprocessing, self.budget
+            ),
         )
-        try:
-            response = await self._timed(
-                "embed_reference_image",
-                self.s.encoder.EmbedImages(
-                    request, timeout=self.budget.timeout(), metadata=outgoing_metadata()
-                ),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise self._essential_error("encoder", error) from error
-        return vector_from_proto(response.embeddings[0])
+        return embedded.vectors[0]
 
     async def captions(self) -> list[str]:
         if self.r.reference.stored is not None:
             self.trace.captions = list(self.r.reference.stored.captions)
             return self.trace.captions
-        request = captioner_pb2.GenerateCaptionsRequest(
-            images=[self.r.reference.image],
-            num_captions=self.r.collection.num_captions,
-            decoding=captioner_pb2.DecodingParameters(
-                variant=VARIANT_TO_PROTO[self.r.collection.decoding_variant]
-            ),
-        )
+        assert self.r.reference.image is not None
+        image = self.r.reference.image
+        settings = self.r.collection
 
         async def call() -> list[str]:
-            response = await self._timed(
+            generated = await self._timed(
                 "captions",
-                self.s.captioner.GenerateCaptions(
-                    request, timeout=self.budget.timeout(), metadata=outgoing_metadata()
+                self.s.captioner.captions(
+                    [image],
+                    settings.num_captions,
+                    settings.decoding_variant,
+                    self.budget,
+                    self.settings.captioner_budget_s,
                 ),
             )
-            return list(response.results[0].captions)
+            return generated.per_image[0]
 
         captions, _ = await self._optional(
             "captions",
@@ -277,21 +217,20 @@ class _StageRunner:
         if not captions:
             texts, outcomes = fallback, ["fallback: no captions"]
         else:
-            request = reasoner_pb2.EditCaptionsRequest(
-                captions=captions,
-                instruction=self.r.text,
-                mode=_EDIT_MODE[self.r.needs.edits or EditMode.PER_CAPTION],
-                template=self.r.options.edit_template,
-            )
+            mode = self.r.needs.edits or EditMode.PER_CAPTION
 
-            async def call() -> list[reasoner_pb2.ReasonedText]:
-                response = await self._timed(
+            async def call() -> list[ReasonedText]:
+                return await self._timed(
                     "edit_captions",
-                    self.s.reasoner.EditCaptions(
-                        request, timeout=self.budget.timeout(), metadata=outgoing_metadata()
+                    self.s.reasoner.edit_captions(
+                        captions,
+                        self.r.text,
+                        mode.value,
+                        self.r.options.edit_template,
+                        self.budget,
+                        self.settings.reasoner_budget_s,
                     ),
                 )
-                return list(response.edits)
 
             edits, ok = await self._optional(
                 "edit_captions",
@@ -301,7 +240,7 @@ class _StageRunner:
                 self.settings.reasoner_budget_s,
             )
             if ok and edits:
-                texts, outcomes = [e.text for e in edits], [_outcome(e) for e in edits]
+                texts, outcomes = [e.text for e in edits], [e.outcome for e in edits]
             else:
                 texts, outcomes = fallback, ["fallback: reasoner unavailable"]
         self.trace.edited_captions, self.trace.edit_outcomes = texts, outcomes
@@ -312,20 +251,18 @@ class _StageRunner:
         if not captions:
             self.trace.objects_outcome = "fallback: no captions"
             return ""
-        request = reasoner_pb2.InferAddedObjectsRequest(
-            captions=captions,
-            instruction=self.r.text,
-            caption_selection=_SELECTION[self.r.options.objects_caption_selection],
-        )
 
-        async def call() -> reasoner_pb2.ReasonedText:
-            response = await self._timed(
+        async def call() -> ReasonedText:
+            return await self._timed(
                 "added_objects",
-                self.s.reasoner.InferAddedObjects(
-                    request, timeout=self.budget.timeout(), metadata=outgoing_metadata()
+                self.s.reasoner.added_objects(
+                    captions,
+                    self.r.text,
+                    self.r.options.objects_caption_selection.value,
+                    self.budget,
+                    self.settings.reasoner_budget_s,
                 ),
             )
-            return response.objects
 
         result, ok = await self._optional(
             "added_objects",
@@ -337,7 +274,7 @@ class _StageRunner:
         if not ok or result is None:
             self.trace.objects_outcome = "fallback: reasoner unavailable"
             return ""
-        self.trace.added_objects, self.trace.objects_outcome = result.text, _outcome(result)
+        self.trace.added_objects, self.trace.objects_outcome = result.text, result.outcome
         return result.text
 
     async def pseudo_prompt(
@@ -349,25 +286,12 @@ class _StageRunner:
             prompt = fusion.textual_inversion_prompt(self.r.text)
         self.trace.prompt = prompt
         image = await image_task
-        request = encoder_pb2.EmbedComposedPromptsRequest(
-            prompts=[
-                encoder_pb2.ComposedPrompt(
-                    text=_fit(prompt), reference_embedding=vector_to_proto(image, PACKED)
-                )
-            ],
-            mapping_network=self.r.needs.pseudo_prompt or "",
-            vector_format=PACKED,
+        return await self._timed(
+            "embed_pseudo_token_prompt",
+            self.s.encoder.embed_composed_prompt(
+                _fit(prompt), image, self.r.needs.pseudo_prompt or "", self.budget
+            ),
         )
-        try:
-            response = await self._timed(
-                "embed_pseudo_token_prompt",
-                self.s.encoder.EmbedComposedPrompts(
-                    request, timeout=self.budget.timeout(), metadata=outgoing_metadata()
-                ),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise self._essential_error("encoder", error) from error
-        return vector_from_proto(response.embeddings[0].embedding)
 
     async def captioning_text(self, captions_task: asyncio.Task[list[str]]) -> np.ndarray:
         captions = await captions_task

@@ -16,13 +16,13 @@ class RetrieverSettings(ServiceSettings):
     encoder_address: str = "127.0.0.1:50051"
     captioner_address: str = "127.0.0.1:50052"
     reasoner_address: str = "127.0.0.1:50053"
-    # Gallery store backend: "local" (SQLite + in-memory search, one replica) or "milvus" (stateless replicas).
+    # Gallery store: "local" (SQLite + in-memory search, one replica) or "milvus" (stateless replicas).
     store_backend: str = "local"
     # local backend: store root (one folder per collection).
     store_dir: str = "./data/collections"
     # milvus backend: the Milvus endpoint, and the NAME of the environment variable holding its token.
     milvus_uri: str = "http://127.0.0.1:19530"
-    milvus_token_env: str = "CIR_RETRIEVER_MILVUS_TOKEN"
+    milvus_token_env: str = "MILVUS_TOKEN"
     default_strategy: str = "cvsi"
     default_preset: str = "circo"
     # Settings of collections created without explicit ones (CreateCollection or first ingest).

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cir.retriever.v1 import retriever_pb2
+from cir_retriever.conversions import PRESET_TO_PROTO, STRATEGY_TO_PROTO, resolve_options_from_proto
 from cir_retriever.evaluation import report, submissions
 from cir_retriever.evaluation.datasets import load_split
 from cir_retriever.evaluation.feature_cache import (
@@ -40,7 +41,6 @@ from cir_retriever.evaluation.runner import (
     run_queries,
 )
 from cir_retriever.evaluation.sweep import SweepRow, parse_sweep, run_sweep
-from cir_retriever.options import PRESET_TO_PROTO, STRATEGY_TO_PROTO, resolve_options
 from cir_retriever.presets import PRESETS, Preset
 from cir_retriever.strategies import Options, StrategyName
 
@@ -97,7 +97,7 @@ class EvalConfig:
         return retriever_pb2.Weights(**self.weights)
 
     def resolved_options(self) -> Options:
-        return resolve_options(self.resolved_preset, self.weights_proto(), self.options)
+        return resolve_options_from_proto(self.resolved_preset, self.weights_proto(), self.options)
 
     def resolved_ldre_form(self) -> str:
         return self.ldre_form or PRESETS[self.resolved_preset].ldre_form

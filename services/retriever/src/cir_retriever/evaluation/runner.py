@@ -20,10 +20,10 @@ import numpy as np
 from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from cir_common.retriever_client import connect
+from cir_retriever.conversions import gallery_images_from_proto, query_features_from_proto
 from cir_retriever.evaluation.feature_cache import IngestJournal, QueryCache, QueryRecord
 from cir_retriever.evaluation.model import EvalSplit, GalleryItem, Query
 from cir_retriever.evaluation.rescoring import Gallery
-from cir_retriever.feature_protos import gallery_images_from_proto, query_features_from_proto
 from cir_retriever.gallery.types import GalleryFeatures
 
 Echo = Callable[[str], None]

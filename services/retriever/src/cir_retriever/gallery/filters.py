@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cir_common.errors import InvalidArgument
 from cir_retriever.gallery.types import AnyOf, Condition, Equals, FieldType, Filter, FilterableField, Range
@@ -59,11 +60,11 @@ def parse_value(spec: FilterableField, text: str) -> TypedValue:
                 return lowered in _TRUE
             raise ValueError("expected true or false")
         if spec.type is FieldType.INT:
-            value = int(text.strip())
+            value = _number(text, int, "expected an integer")
             if not _INT64[0] <= value <= _INT64[1]:
                 raise ValueError("outside the 64-bit integer range")
             return value
-        number = float(text.strip())
+        number = _number(text, float, "expected a number")
         if not math.isfinite(number):
             raise ValueError("expected a finite number")
         return number
@@ -71,6 +72,14 @@ def parse_value(spec: FilterableField, text: str) -> TypedValue:
         raise InvalidArgument(
             f"metadata {spec.name} = {_clip(text)!r} is not a valid {spec.type.value}: {error}"
         ) from None
+
+
+def _number(text: str, kind: type[int] | type[float], expected: str) -> Any:
+    """`kind(text)` with our own message: Python's echoes the whole input, however long."""
+    try:
+        return kind(text.strip())
+    except ValueError:
+        raise ValueError(expected) from None
 
 
 def typed_metadata(metadata: Mapping[str, str], fields: Sequence[FilterableField]) -> dict[str, TypedValue]:

@@ -1,44 +1,63 @@
-"""The gallery store: durable collections of indexed images, one SQLite file per collection.
+"""The `local` gallery store: SQLite is the durable record, in-memory matrices answer searches.
 
-SQLite gives the durability contract for free: each ingestion batch is one transaction, so a
-crash loses at most the batch in flight and never leaves a half-written record; WAL mode keeps
-readers (searches) going while a batch commits. Vectors are stored raw where later strategies
-need raw features (the image embedding feeds Phi; WeiMoCIR fuses raw caption features), and the
-caption mean as CVSI's t_c before any renormalisation, so any gamma or preset can be rebuilt
-without running a model again.
+Durability: each upsert batch is one SQLite transaction (WAL, synchronous FULL), so a crash loses at most
+the batch in flight and never leaves half a record. Vectors are stored raw where later strategies need
+raw features (the image embedding feeds Phi; WeiMoCIR fuses raw caption features), and the caption mean as
+CVSI's t_c before any renormalisation, so any gamma or preset is answered without running a model again.
+The declared filterable fields' typed values have their own table.
+
+Search: the first search (or `load()`) reads the collection once into `matrices.SearchMatrices`; from then
+on every upsert / replace / delete updates SQLite and then the matrices (appends, tombstones, compaction),
+so a search never re-reads SQLite (`rows_loaded` counts every row read into memory). Searches take a
+published view of the matrices without a lock and never wait for a write. A collection created with
+`settings.ann` ("hnsw" / "ivf") answers unfiltered searches from an approximate index (`ann.AnnIndexes`);
+filtered searches stay exact.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
+import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
-from cir_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from cir_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cir_common.vectors import pack_f32, pack_f32_matrix, unpack_f32, unpack_f32_matrix
 from cir_retriever.fusion import normalize
+from cir_retriever.gallery import matrices as exact
+from cir_retriever.gallery.ann import METHODS as ANN_METHODS
+from cir_retriever.gallery.ann import AnnIndexes
+from cir_retriever.gallery.filters import TypedValue, validate_fields
+from cir_retriever.gallery.matrices import RowBatch, SearchMatrices
+from cir_retriever.gallery.rules import (
+    check_same_encoder,
+    check_shapes,
+    collection_not_found,
+    last_of_each_id,
+    now,
+    typed_record_metadata,
+    validate_collection_name,
+)
 from cir_retriever.gallery.types import (
     CollectionSettings,
+    FeaturePage,
+    FieldType,
+    Filter,
+    FilterableField,
     GalleryFeatures,
+    GallerySpec,
+    Hit,
     ImageRecord,
     Manifest,
     settings_from_dict,
 )
 
-# Snapshot versions are unique across every Collection object of the process: a collection dropped and
-# created again under the same name never reuses a version, so no cached index of the old one matches.
-_VERSIONS = itertools.count(1)
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DB_FILE = "gallery.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,48 +71,41 @@ CREATE TABLE IF NOT EXISTS images (
     caption_mean BLOB NOT NULL,
     caption_slots BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS image_fields (
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value NOT NULL,
+    PRIMARY KEY (id, name)
+) WITHOUT ROWID;
 """
-
-
-def validate_collection_name(name: str) -> str:
-    if not _NAME.match(name or ""):
-        raise InvalidArgument(
-            f"collection name {name!r} is not valid: use 1-128 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """An immutable view of a collection for searching; `version` changes with every write."""
-
-    version: int
-    ids: list[str]
-    uris: list[str]
-    features: GalleryFeatures
+_MATRIX_HEADER_BYTES = 12  # cir_common.vectors.pack_f32_matrix: magic, rows, cols
+_LOAD_CHUNK = 8192  # rows per fetch when loading the matrices (bounds the temporary copies)
+_ID_CHUNK = 500  # ids per `IN (...)` (below SQLite's bound on host parameters)
 
 
 class Collection:
-    """One collection. Thread-safe: the service calls it from worker threads."""
+    """One collection. Thread-safe: writes are serialised by a lock, searches read a published view."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, compact_fraction: float = 0.25) -> None:
+        self.name = path.name
         self.path = path
+        self.compact_fraction = compact_fraction
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path / _DB_FILE, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._version = next(_VERSIONS)
-        self._snapshot: Snapshot | None = None
+        self._settings: CollectionSettings | None = None
+        self._matrices: SearchMatrices | None = None
+        self._ann: AnnIndexes | None = None
+        self._shape: tuple[int, int] | None = None  # (d, R) of the stored images, once known
+        # Rows read from SQLite into memory (the load, the lazy caption-slot build): searches add nothing.
+        self.rows_loaded = 0
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._matrices = None
 
     # -- manifest --------------------------------------------------------------------------------------------
 
@@ -108,42 +120,50 @@ class Collection:
         data["settings"] = settings_from_dict(data["settings"])
         return Manifest(**data)
 
-    def write_manifest(self, manifest: Manifest) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('manifest', ?)",
-                (json.dumps(asdict(manifest)),),
-            )
+    def _write_manifest(self, manifest: Manifest) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('manifest', ?)", (json.dumps(asdict(manifest)),)
+        )
+
+    def settings(self) -> CollectionSettings:
+        """The settings (fixed at creation, so read once)."""
+        if self._settings is None:
+            self._settings = self.manifest().settings
+        return self._settings
 
     def record_models(self, encoder: dict[str, str], captioner: dict[str, str], dim: int) -> None:
         """Records which models made the vectors; another encoder is refused (its vectors do not compare)."""
         with self._lock:
             manifest = self.manifest()
-            if manifest.encoder and (manifest.encoder, manifest.embedding_dim) != (encoder, dim):
-                raise FailedPrecondition(
-                    f"collection {manifest.name!r} was indexed with encoder {_describe(manifest.encoder)} "
-                    f"(dim {manifest.embedding_dim}), but the encoder now serving is {_describe(encoder)} "
-                    f"(dim {dim}); use the original encoder or index into a new collection"
-                )
+            check_same_encoder(manifest, encoder, dim)
             if not manifest.encoder:
                 manifest.encoder, manifest.captioner, manifest.embedding_dim = encoder, captioner, dim
-                self.write_manifest(manifest)
+                self._write_manifest(manifest)
 
     # -- records ---------------------------------------------------------------------------------------------
 
     def content_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         with self._lock:
             found: dict[str, str] = {}
-            for chunk in _chunks(list(ids), 500):
+            for chunk in _chunks(list(ids), _ID_CHUNK):
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(f"SELECT id, content_sha256 FROM images WHERE id IN ({marks})", chunk)
                 found.update(dict(rows.fetchall()))
             return found
 
     def upsert(self, records: Sequence[ImageRecord]) -> None:
-        """Writes a batch in one transaction: all of it is committed, or none of it."""
+        """Writes a batch in one transaction (all of it or none of it), then updates the search matrices.
+
+        Everything is checked before anything is written: each declared field's value must parse as its type,
+        and the vectors must have the collection's shapes (InvalidArgument naming the image otherwise). An id
+        given twice keeps its last entry, as SQLite's INSERT OR REPLACE does.
+        """
+        records = last_of_each_id(records)
         if not records:
             return
+        fields = self.settings().filterable_fields
+        typed = [typed_record_metadata(record, fields) for record in records]
+        self._check_shapes(records)
         rows = [
             (
                 r.id,
@@ -157,31 +177,86 @@ class Collection:
             )
             for r in records
         ]
+        field_rows = [
+            (r.id, name, _to_sql(value))
+            for r, values in zip(records, typed, strict=True)
+            for name, value in values.items()
+        ]
+        ids = [r.id for r in records]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                for chunk in _chunks(ids, _ID_CHUNK):
+                    marks = ",".join("?" * len(chunk))
+                    self._db.execute(f"DELETE FROM image_fields WHERE id IN ({marks})", chunk)
+                self._db.executemany(
+                    "INSERT INTO image_fields (id, name, value) VALUES (?, ?, ?)", field_rows
+                )
                 self._touch()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._version = next(_VERSIONS)
+            if self._shape is None:
+                self._shape = (int(records[0].image_raw.shape[0]), int(records[0].caption_slots.shape[0]))
+            self._follow(lambda matrices: matrices.upsert(_row_batch(records, rows, typed)))
+
+    def _check_shapes(self, records: Sequence[ImageRecord]) -> None:
+        """One dimension and one caption-slot count per collection (the matrices and the coded WeiMoCIR
+        gallery need them), checked against what is stored."""
+        stored = self._stored_shape()
+        dim, slots = stored or (
+            self.manifest().embedding_dim or int(records[0].image_raw.shape[-1]),
+            int(records[0].caption_slots.shape[0]),
+        )
+        check_shapes(records, dim, slots)
+
+    def _stored_shape(self) -> tuple[int, int] | None:
+        """(d, R) of the stored images, None while there are none; one indexed row read, then cached."""
+        if self._shape is not None:
+            return self._shape
+        with self._lock:
+            header = f"substr(caption_slots, 1, {_MATRIX_HEADER_BYTES})"
+            row = self._db.execute(f"SELECT length(image_raw), {header} FROM images LIMIT 1").fetchone()
+            if row is None:
+                return None
+            slots = int(np.frombuffer(row[1], "<u4", count=1, offset=4)[0])
+            self._shape = (int(row[0]) // 4, slots)
+            return self._shape
 
     def delete(self, ids: Sequence[str]) -> tuple[int, list[str]]:
         with self._lock:
             present = set(self.content_hashes(ids))
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for chunk in _chunks(sorted(present), 500):
-                    self._db.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-                self._touch()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._version = next(_VERSIONS)
+            if present:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for chunk in _chunks(sorted(present), _ID_CHUNK):
+                        marks = ",".join("?" * len(chunk))
+                        self._db.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
+                        self._db.execute(f"DELETE FROM image_fields WHERE id IN ({marks})", chunk)
+                    self._touch()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._shape = None  # an emptied collection may take other shapes: read them again
+                self._follow(lambda matrices: matrices.remove(present))
         return len(present), [i for i in ids if i not in present]
+
+    def _follow(self, change: Callable[[SearchMatrices], object]) -> None:
+        """Applies a committed write to the matrices when they are loaded (then compacts if due). Should that
+        fail (memory), the matrices are dropped: the next search loads them again from SQLite rather than
+        answer from a copy that missed a write."""
+        matrices = self._matrices
+        if matrices is None:
+            return
+        try:
+            change(matrices)
+            matrices.maybe_compact()
+        except BaseException:
+            self._matrices = None
+            raise
 
     def get(self, image_id: str) -> ImageRecord | None:
         with self._lock:
@@ -189,51 +264,220 @@ class Collection:
         return None if row is None else _record(row)
 
     def size(self) -> int:
+        matrices = self._matrices
+        if matrices is not None:
+            return matrices.view().live
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
-    def snapshot(self) -> Snapshot:
-        """All vectors as matrices, rebuilt only after a write."""
-        with self._lock:
-            if self._snapshot is not None and self._snapshot.version == self._version:
-                return self._snapshot
-            rows = self._db.execute(
-                "SELECT id, uri, image_raw, caption_mean, caption_slots FROM images ORDER BY id"
-            ).fetchall()
-            dim = self.manifest().embedding_dim
-            if rows:
-                t_v = normalize(np.stack([unpack_f32(r[2]) for r in rows]))
-                caption_mean = np.stack([unpack_f32(r[3]) for r in rows])
-                slots = np.stack([unpack_f32_matrix(r[4]) for r in rows])
-            else:
-                t_v = caption_mean = np.zeros((0, dim), np.float32)
-                slots = np.zeros((0, 0, dim), np.float32)
-            self._snapshot = Snapshot(
-                version=self._version,
-                ids=[r[0] for r in rows],
-                uris=[r[1] for r in rows],
-                features=GalleryFeatures(t_v=t_v, caption_mean=caption_mean, caption_slots=slots),
-            )
-            return self._snapshot
-
-    def metadata(self, ids: Iterable[str]) -> dict[str, dict[str, str]]:
-        wanted = list(ids)
-        with self._lock:
-            found: dict[str, dict[str, str]] = {}
-            for chunk in _chunks(wanted, 500):
-                marks = ",".join("?" * len(chunk))
-                for image_id, meta in self._db.execute(
-                    f"SELECT id, metadata FROM images WHERE id IN ({marks})", chunk
-                ):
-                    found[image_id] = json.loads(meta)
-            return found
+    def caption_slot_count(self) -> int:
+        """R, the caption slots each stored image has (0 while empty)."""
+        shape = self._stored_shape()
+        return 0 if shape is None else shape[1]
 
     def _touch(self) -> None:
         manifest = self.manifest()
-        manifest.updated_at = _now()
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('manifest', ?)", (json.dumps(asdict(manifest)),)
+        manifest.updated_at = now()
+        self._write_manifest(manifest)
+
+    # -- search ----------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Reads the collection into the search matrices now (otherwise the first search does); idempotent."""
+        self._loaded()
+
+    def search(self, spec: GallerySpec, query: np.ndarray, k: int, where: Filter | None = None) -> list[Hit]:
+        """The exact top-k images among those matching `where`, best first (ties: the earlier written first);
+        from the approximate index instead when the collection declared one and there is no filter."""
+        return self.search_batch(spec, np.asarray(query)[None, :], k, where)[0]
+
+    def search_batch(
+        self, spec: GallerySpec, queries: np.ndarray, k: int, where: Filter | None = None
+    ) -> list[list[Hit]]:
+        """`search` for each row of `queries` (b, w), in one matrix product per stored matrix."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        matrices = self._loaded()
+        if exact.needs_slots(spec) and not matrices.has_slots:
+            self._build_slots(matrices)
+        view = matrices.view()
+        if view.live and queries.shape[1] != exact.query_width(view, spec):
+            raise InvalidArgument(
+                f"the query vector has {queries.shape[1]} components; the {spec.kind.value} gallery of this "
+                f"collection needs {exact.query_width(view, spec)}"
+            )
+        found = None
+        if self._ann is not None and (where is None or not where.conditions):
+            found = self._ann.search(view, spec, queries, k)
+        rows, scores = found if found is not None else exact.search(view, spec, queries, k, where)
+        return [
+            [
+                Hit(id=view.ids[r], score=float(s), uri=view.uris[r], metadata=_metadata(view.metadata[r]))
+                for r, s in zip(query_rows.tolist(), query_scores.tolist(), strict=True)
+            ]
+            for query_rows, query_scores in zip(rows, scores, strict=True)
+        ]
+
+    def compact(self) -> None:
+        """Drops the tombstones now (writes also do it when they pass `compact_fraction` of the rows)."""
+        with self._lock:
+            if self._matrices is not None:
+                self._matrices.compact()
+
+    def matrices(self) -> SearchMatrices:
+        """The search matrices, loaded on first use (for tests and benchmarks)."""
+        return self._loaded()
+
+    def _loaded(self) -> SearchMatrices:
+        matrices = self._matrices
+        if matrices is not None:
+            return matrices
+        with self._lock:
+            if self._matrices is None:
+                self._matrices = self._load()
+            return self._matrices
+
+    def _load(self) -> SearchMatrices:
+        """One pass over SQLite, in rowid order (= write order, so rows come back in the order they had)."""
+        settings = self.settings()
+        if settings.ann:
+            self._ann = AnnIndexes(settings.ann)
+        count = int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+        first = self._db.execute("SELECT length(image_raw) FROM images LIMIT 1").fetchone()
+        dim = 0 if first is None else int(first[0]) // 4
+        matrices = SearchMatrices(
+            settings.filterable_fields, dim, count + count // 8, compact_fraction=self.compact_fraction
         )
+        cursor = self._db.execute(
+            "SELECT id, uri, metadata, image_raw, caption_mean FROM images ORDER BY rowid"
+        )
+        while rows := cursor.fetchmany(_LOAD_CHUNK):
+            ids, uris, metadata, image_raw, caption_mean = zip(*rows, strict=True)
+            matrices.upsert(
+                RowBatch(
+                    ids=list(ids),
+                    uris=list(uris),
+                    metadata=list(metadata),
+                    image_raw=_packed_rows(image_raw, dim),
+                    caption_mean=_packed_rows(caption_mean, dim),
+                    typed=[{}] * len(rows),
+                )
+            )
+            self.rows_loaded += len(rows)
+        for spec in settings.filterable_fields:
+            values = self._db.execute(
+                "SELECT id, value FROM image_fields WHERE name = ?", (spec.name,)
+            ).fetchall()
+            if values:
+                matrices.put_typed(spec.name, [v[0] for v in values], [_from_sql(spec, v[1]) for v in values])
+        return matrices
+
+    def _build_slots(self, matrices: SearchMatrices) -> None:
+        """The normalised caption slots WeiMoCIR searches need: one more pass over SQLite, once."""
+        with self._lock:
+            if matrices.has_slots:
+                return
+            slot_count, dim = self.caption_slot_count(), matrices.view().dim
+            payload = 4 * slot_count * dim
+
+            def chunks() -> Iterator[tuple[list[str], np.ndarray]]:
+                cursor = self._db.execute("SELECT id, caption_slots FROM images")
+                while rows := cursor.fetchmany(_LOAD_CHUNK):
+                    self.rows_loaded += len(rows)
+                    blobs = [blob[_MATRIX_HEADER_BYTES:] for _, blob in rows]
+                    if any(len(blob) != payload for blob in blobs):
+                        raise FailedPrecondition(
+                            f"collection {self.name!r} holds images with different caption slot counts; "
+                            "re-index it"
+                        )
+                    slots = np.frombuffer(b"".join(blobs), "<f4").reshape(len(rows), slot_count, dim)
+                    yield [image_id for image_id, _ in rows], slots.astype(np.float32, copy=False)
+
+            matrices.build_slots(slot_count, chunks())
+
+    # -- export ----------------------------------------------------------------------------------------------
+
+    def export(self, page_size: int) -> Iterator[FeaturePage]:
+        """Every image's stored features from SQLite, in id order, `page_size` images a page."""
+        if page_size < 1:
+            raise InvalidArgument(f"page_size = {page_size}: give at least 1")
+        return self._pages(page_size, self.size())
+
+    def _pages(self, page_size: int, total: int) -> Iterator[FeaturePage]:
+        columns = (
+            "SELECT id, uri, metadata, content_sha256, captions, image_raw, caption_mean, caption_slots "
+            "FROM images"
+        )
+        after: str | None = None
+        while True:
+            # Keyset pagination: no cursor stays open (or lock held) while a consumer handles a page.
+            with self._lock:
+                if after is None:
+                    rows = self._db.execute(f"{columns} ORDER BY id LIMIT ?", (page_size,)).fetchall()
+                else:
+                    rows = self._db.execute(
+                        f"{columns} WHERE id > ? ORDER BY id LIMIT ?", (after, page_size)
+                    ).fetchall()
+            if not rows:
+                return
+            image_raw = np.stack([unpack_f32(r[5]) for r in rows])
+            yield FeaturePage(
+                ids=[r[0] for r in rows],
+                uris=[r[1] for r in rows],
+                features=GalleryFeatures(
+                    t_v=normalize(image_raw),
+                    caption_mean=np.stack([unpack_f32(r[6]) for r in rows]),
+                    caption_slots=np.stack([unpack_f32_matrix(r[7]) for r in rows]),
+                ),
+                total=total,
+                image_raw=image_raw,
+                captions=[json.loads(r[4]) for r in rows],
+                content_sha256=[r[3] for r in rows],
+                metadata=[json.loads(r[2]) for r in rows],
+            )
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+
+
+_decode_json = json.JSONDecoder().raw_decode
+
+
+def _metadata(text: str) -> dict[str, str]:
+    """A hit's metadata from the JSON text kept per row (written by json.dumps: no leading whitespace, so the
+    decoder's raw entry point applies; it skips the per-call checks of json.loads, half the cost)."""
+    return {} if text == "{}" else _decode_json(text)[0]
+
+
+def _row_batch(records: Sequence[ImageRecord], rows: Sequence[tuple], typed: Sequence[dict]) -> RowBatch:
+    """The matrices' rows for records just written (`rows`: what went to SQLite, for the metadata text)."""
+    return RowBatch(
+        ids=[r.id for r in records],
+        uris=[r.uri for r in records],
+        metadata=[row[2] for row in rows],
+        image_raw=np.stack([r.image_raw for r in records]).astype(np.float32, copy=False),
+        caption_mean=np.stack([r.caption_mean for r in records]).astype(np.float32, copy=False),
+        typed=typed,
+        caption_slots=np.stack([r.caption_slots for r in records]).astype(np.float32, copy=False),
+    )
+
+
+def _to_sql(value: TypedValue) -> str | int | float:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _from_sql(spec: FilterableField, value: str | int | float) -> TypedValue:
+    if spec.type is FieldType.BOOL:
+        return bool(value)
+    if spec.type is FieldType.INT:
+        return int(value)
+    if spec.type is FieldType.FLOAT:
+        return float(value)
+    return str(value)
+
+
+def _packed_rows(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Packed float32 vectors of one dimension as an (m, d) matrix, in one copy."""
+    return np.frombuffer(b"".join(blobs), "<f4").reshape(len(blobs), dim).astype(np.float32, copy=False)
 
 
 def _record(row: tuple) -> ImageRecord:
@@ -249,26 +493,29 @@ def _record(row: tuple) -> ImageRecord:
     )
 
 
-def _describe(identity: dict[str, str]) -> str:
-    return f"{identity.get('name', '?')}@{identity.get('revision', '?')[:12]}"
-
-
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 class GalleryStore:
-    """All collections under one root folder (one sub-folder each)."""
+    """All collections under one root folder (one sub-folder and SQLite file each)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, compact_fraction: float = 0.25) -> None:
         self.root = root
+        self.compact_fraction = compact_fraction
         root.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
 
     def create(self, name: str, settings: CollectionSettings) -> Collection:
         validate_collection_name(name)
+        settings = replace(settings, filterable_fields=validate_fields(settings.filterable_fields))
+        if settings.ann and settings.ann not in ANN_METHODS:
+            raise InvalidArgument(
+                f"settings.ann {settings.ann!r} is unknown: leave it empty (exact search) or use "
+                f"{' or '.join(ANN_METHODS)}"
+            )
         with self._lock:
             path = self.root / name
             if (path / _DB_FILE).exists():
@@ -280,9 +527,11 @@ class GalleryStore:
                     )
                 return self._open[name]
             path.mkdir(parents=True, exist_ok=True)
-            collection = Collection(path)
-            now = _now()
-            collection.write_manifest(Manifest(name=name, settings=settings, created_at=now, updated_at=now))
+            collection = Collection(path, self.compact_fraction)
+            created = now()
+            collection._write_manifest(
+                Manifest(name=name, settings=settings, created_at=created, updated_at=created)
+            )
             self._open[name] = collection
             return collection
 
@@ -295,9 +544,8 @@ class GalleryStore:
         if name not in self._open:
             path = self.root / name
             if not (path / _DB_FILE).exists():
-                known = ", ".join(self.names_unlocked()) or "none"
-                raise NotFound(f"collection {name!r} does not exist; known collections: {known}")
-            self._open[name] = Collection(path)
+                raise collection_not_found(name)
+            self._open[name] = Collection(path, self.compact_fraction)
         return self._open[name]
 
     def exists(self, name: str) -> bool:
@@ -305,9 +553,9 @@ class GalleryStore:
 
     def names(self) -> list[str]:
         with self._lock:
-            return self.names_unlocked()
+            return self._names()
 
-    def names_unlocked(self) -> list[str]:
+    def _names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / _DB_FILE).exists())
 
     def drop(self, name: str) -> int:
@@ -318,6 +566,19 @@ class GalleryStore:
             del self._open[name]
             shutil.rmtree(self.root / name)
             return size
+
+    def check(self) -> None:
+        """Unavailable unless the root folder can be listed, written and read back."""
+        probe = self.root / f".check-{os.getpid()}-{threading.get_ident()}"
+        try:
+            probe.write_bytes(b"ok")
+            readable = probe.read_bytes() == b"ok"
+            probe.unlink()
+            self._names()
+        except OSError as error:
+            raise Unavailable(f"gallery store at {self.root} is not usable: {error}") from None
+        if not readable:
+            raise Unavailable(f"gallery store at {self.root} did not read back what was written")
 
     def close(self) -> None:
         with self._lock:

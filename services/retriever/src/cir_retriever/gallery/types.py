@@ -80,12 +80,16 @@ class GalleryFeatures:
 
 @dataclass(frozen=True)
 class FeaturePage:
-    """One page of an export, in id order."""
+    """One page of an export, in id order: everything stored, so that an import of it is a full copy."""
 
     ids: list[str]
     uris: list[str]
     features: GalleryFeatures
     total: int  # images in the collection when the export started
+    image_raw: np.ndarray | None = None  # (n, d) raw image features (a backend that stores them fills this)
+    captions: list[list[str]] = field(default_factory=list)
+    content_sha256: list[str] = field(default_factory=list)
+    metadata: list[dict[str, str]] = field(default_factory=list)
 
 
 # --- search ---------------------------------------------------------------------------------------------

@@ -41,6 +41,14 @@ class WeiMoCirVariant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WEI_MO_CIR_VARIANT_CODED: _ClassVar[WeiMoCirVariant]
     WEI_MO_CIR_VARIANT_PAPER: _ClassVar[WeiMoCirVariant]
 
+class FieldType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FIELD_TYPE_UNSPECIFIED: _ClassVar[FieldType]
+    FIELD_TYPE_STRING: _ClassVar[FieldType]
+    FIELD_TYPE_INT: _ClassVar[FieldType]
+    FIELD_TYPE_FLOAT: _ClassVar[FieldType]
+    FIELD_TYPE_BOOL: _ClassVar[FieldType]
+
 class ItemStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ITEM_STATUS_UNSPECIFIED: _ClassVar[ItemStatus]
@@ -69,6 +77,11 @@ SCORE_FUNCTION_COSINE: ScoreFunction
 WEI_MO_CIR_VARIANT_UNSPECIFIED: WeiMoCirVariant
 WEI_MO_CIR_VARIANT_CODED: WeiMoCirVariant
 WEI_MO_CIR_VARIANT_PAPER: WeiMoCirVariant
+FIELD_TYPE_UNSPECIFIED: FieldType
+FIELD_TYPE_STRING: FieldType
+FIELD_TYPE_INT: FieldType
+FIELD_TYPE_FLOAT: FieldType
+FIELD_TYPE_BOOL: FieldType
 ITEM_STATUS_UNSPECIFIED: ItemStatus
 ITEM_STATUS_INDEXED: ItemStatus
 ITEM_STATUS_UNCHANGED: ItemStatus
@@ -123,14 +136,70 @@ class GalleryImage(_message.Message):
     def __init__(self, id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CollectionSettings(_message.Message):
-    __slots__ = ("num_captions", "decoding_variant", "preprocessing")
+    __slots__ = ("num_captions", "decoding_variant", "preprocessing", "filterable_fields", "ann")
     NUM_CAPTIONS_FIELD_NUMBER: _ClassVar[int]
     DECODING_VARIANT_FIELD_NUMBER: _ClassVar[int]
     PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    FILTERABLE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    ANN_FIELD_NUMBER: _ClassVar[int]
     num_captions: int
     decoding_variant: str
     preprocessing: str
-    def __init__(self, num_captions: _Optional[int] = ..., decoding_variant: _Optional[str] = ..., preprocessing: _Optional[str] = ...) -> None: ...
+    filterable_fields: _containers.RepeatedCompositeFieldContainer[FilterableField]
+    ann: str
+    def __init__(self, num_captions: _Optional[int] = ..., decoding_variant: _Optional[str] = ..., preprocessing: _Optional[str] = ..., filterable_fields: _Optional[_Iterable[_Union[FilterableField, _Mapping]]] = ..., ann: _Optional[str] = ...) -> None: ...
+
+class FilterableField(_message.Message):
+    __slots__ = ("name", "type")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: FieldType
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[FieldType, str]] = ...) -> None: ...
+
+class FilterValue(_message.Message):
+    __slots__ = ("string_value", "bool_value")
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    string_value: str
+    bool_value: bool
+    def __init__(self, string_value: _Optional[str] = ..., bool_value: _Optional[bool] = ...) -> None: ...
+
+class FilterValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[FilterValue]
+    def __init__(self, values: _Optional[_Iterable[_Union[FilterValue, _Mapping]]] = ...) -> None: ...
+
+class NumberRange(_message.Message):
+    __slots__ = ("gt", "gte", "lt", "lte")
+    GT_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    gt: float
+    gte: float
+    lt: float
+    lte: float
+    def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
+
+class FilterCondition(_message.Message):
+    __slots__ = ("field", "equals", "any_of", "range")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    EQUALS_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    equals: FilterValue
+    any_of: FilterValues
+    range: NumberRange
+    def __init__(self, field: _Optional[str] = ..., equals: _Optional[_Union[FilterValue, _Mapping]] = ..., any_of: _Optional[_Union[FilterValues, _Mapping]] = ..., range: _Optional[_Union[NumberRange, _Mapping]] = ...) -> None: ...
+
+class SearchFilter(_message.Message):
+    __slots__ = ("conditions",)
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    conditions: _containers.RepeatedCompositeFieldContainer[FilterCondition]
+    def __init__(self, conditions: _Optional[_Iterable[_Union[FilterCondition, _Mapping]]] = ...) -> None: ...
 
 class ModelsUsed(_message.Message):
     __slots__ = ("encoder", "captioner")
@@ -229,7 +298,7 @@ class DeleteCollectionResponse(_message.Message):
     def __init__(self, deleted_images: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "reference_image", "reference_id", "modification_text", "strategy", "preset", "weights", "options", "top_k", "explain", "return_features")
+    __slots__ = ("collection", "reference_image", "reference_id", "modification_text", "strategy", "preset", "weights", "options", "top_k", "explain", "return_features", "filter")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +310,7 @@ class SearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     RETURN_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     collection: str
     reference_image: _common_pb2.Image
     reference_id: str
@@ -252,7 +322,8 @@ class SearchRequest(_message.Message):
     top_k: int
     explain: bool
     return_features: bool
-    def __init__(self, collection: _Optional[str] = ..., reference_image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., reference_id: _Optional[str] = ..., modification_text: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., preset: _Optional[_Union[Preset, str]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., options: _Optional[_Union[StrategyOptions, _Mapping]] = ..., top_k: _Optional[int] = ..., explain: _Optional[bool] = ..., return_features: _Optional[bool] = ...) -> None: ...
+    filter: SearchFilter
+    def __init__(self, collection: _Optional[str] = ..., reference_image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., reference_id: _Optional[str] = ..., modification_text: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., preset: _Optional[_Union[Preset, str]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., options: _Optional[_Union[StrategyOptions, _Mapping]] = ..., top_k: _Optional[int] = ..., explain: _Optional[bool] = ..., return_features: _Optional[bool] = ..., filter: _Optional[_Union[SearchFilter, _Mapping]] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("id", "score", "uri", "metadata")
@@ -449,18 +520,33 @@ class ExportGalleryFeaturesRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
 
 class GalleryImageFeatures(_message.Message):
-    __slots__ = ("id", "uri", "image", "caption_mean", "caption_slots")
+    __slots__ = ("id", "uri", "image", "caption_mean", "caption_slots", "image_raw", "captions", "content_sha256", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CAPTION_MEAN_FIELD_NUMBER: _ClassVar[int]
     CAPTION_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_RAW_FIELD_NUMBER: _ClassVar[int]
+    CAPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     uri: str
     image: _common_pb2.Vector
     caption_mean: _common_pb2.Vector
     caption_slots: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
-    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_mean: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_slots: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ...) -> None: ...
+    image_raw: _common_pb2.Vector
+    captions: _containers.RepeatedScalarFieldContainer[str]
+    content_sha256: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_mean: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_slots: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., image_raw: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., captions: _Optional[_Iterable[str]] = ..., content_sha256: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ExportGalleryFeaturesResponse(_message.Message):
     __slots__ = ("images", "total")
@@ -469,6 +555,30 @@ class ExportGalleryFeaturesResponse(_message.Message):
     images: _containers.RepeatedCompositeFieldContainer[GalleryImageFeatures]
     total: int
     def __init__(self, images: _Optional[_Iterable[_Union[GalleryImageFeatures, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ImportGalleryFeaturesRequest(_message.Message):
+    __slots__ = ("collection", "models", "embedding_dim", "images")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    models: ModelsUsed
+    embedding_dim: int
+    images: _containers.RepeatedCompositeFieldContainer[GalleryImageFeatures]
+    def __init__(self, collection: _Optional[str] = ..., models: _Optional[_Union[ModelsUsed, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., images: _Optional[_Iterable[_Union[GalleryImageFeatures, _Mapping]]] = ...) -> None: ...
+
+class ImportGalleryFeaturesResponse(_message.Message):
+    __slots__ = ("received", "indexed", "unchanged", "replaced")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    indexed: int
+    unchanged: int
+    replaced: int
+    def __init__(self, received: _Optional[int] = ..., indexed: _Optional[int] = ..., unchanged: _Optional[int] = ..., replaced: _Optional[int] = ...) -> None: ...
 
 class GetServiceStatsRequest(_message.Message):
     __slots__ = ()

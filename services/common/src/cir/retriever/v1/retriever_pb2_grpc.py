@@ -85,6 +85,11 @@ class RetrieverServiceStub:
                 request_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsRequest.SerializeToString,
                 response_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsResponse.FromString,
                 _registered_method=True)
+        self.ImportGalleryFeatures = channel.stream_unary(
+                '/cir.retriever.v1.RetrieverService/ImportGalleryFeatures',
+                request_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ImportGalleryFeaturesRequest.SerializeToString,
+                response_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ImportGalleryFeaturesResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
@@ -163,6 +168,15 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportGalleryFeatures(self, request_iterator, context):
+        """Loads precomputed gallery features (the mirror of ExportGalleryFeatures), e.g. from a batch job that
+        embedded a large gallery on a GPU cluster, without streaming images through the retriever. The first
+        message names the collection and the models that made the vectors; idempotent like IngestImages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +229,11 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.GetServiceStats,
                     request_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsRequest.FromString,
                     response_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsResponse.SerializeToString,
+            ),
+            'ImportGalleryFeatures': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportGalleryFeatures,
+                    request_deserializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ImportGalleryFeaturesRequest.FromString,
+                    response_serializer=cir_dot_retriever_dot_v1_dot_retriever__pb2.ImportGalleryFeaturesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +507,33 @@ class RetrieverService:
             '/cir.retriever.v1.RetrieverService/GetServiceStats',
             cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsRequest.SerializeToString,
             cir_dot_retriever_dot_v1_dot_retriever__pb2.GetServiceStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportGalleryFeatures(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cir.retriever.v1.RetrieverService/ImportGalleryFeatures',
+            cir_dot_retriever_dot_v1_dot_retriever__pb2.ImportGalleryFeaturesRequest.SerializeToString,
+            cir_dot_retriever_dot_v1_dot_retriever__pb2.ImportGalleryFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,

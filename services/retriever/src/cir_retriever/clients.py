@@ -1,0 +1,293 @@
+"""Typed clients of the three model services: numpy and dataclasses in, numpy and dataclasses out.
+
+Every call gets a deadline from the request's `Budget` (optionally capped by a stage budget), carries the
+request id, sends and reads packed float32 vectors, and turns a downstream failure into one
+`DownstreamError` here, in one place, for the query pipeline and ingestion alike. Nothing above this
+module sees a stub or a generated message of the model services.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from cir.captioner.v1 import captioner_pb2, captioner_pb2_grpc
+from cir.common.v1 import common_pb2
+from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
+from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
+from cir_common.errors import CirError, DeadlineExceeded
+from cir_common.request_context import outgoing_metadata
+from cir_common.vectors import vector_from_proto, vector_to_proto
+
+T = TypeVar("T")
+PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32
+
+_PREPROCESSING = {
+    "targetpad": encoder_pb2.PREPROCESSING_TARGETPAD,
+    "model_default": encoder_pb2.PREPROCESSING_MODEL_DEFAULT,
+}
+_DECODING = {
+    "nucleus": captioner_pb2.DECODING_VARIANT_NUCLEUS,
+    "beam_sample": captioner_pb2.DECODING_VARIANT_BEAM_SAMPLE,
+}
+_EDIT_MODE = {"per_caption": common_pb2.EDIT_MODE_PER_CAPTION, "joined": common_pb2.EDIT_MODE_JOINED}
+_SELECTION = {
+    "first": common_pb2.CAPTION_SELECTION_FIRST,
+    "all_joined": common_pb2.CAPTION_SELECTION_ALL_JOINED,
+}
+PREPROCESSING_CHOICES = tuple(_PREPROCESSING)
+DECODING_CHOICES = tuple(_DECODING)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The time left for one request, from the caller's deadline (or the server's default)."""
+
+    deadline: float  # time.monotonic() value
+
+    @classmethod
+    def starting_now(cls, seconds: float) -> Budget:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timeout(self, stage_budget_s: float | None = None) -> float:
+        """Seconds for a downstream call; raises DEADLINE_EXCEEDED when nothing is left."""
+        left = self.remaining()
+        if left <= 0:
+            raise DeadlineExceeded("the request's deadline passed before all stages ran")
+        return left if stage_budget_s is None else min(left, stage_budget_s)
+
+
+class DownstreamError(CirError):
+    """A model service's call failed. `code` is what the retriever's caller sees; `downstream_code` is the
+    model service's own status name (an ingestion item failure reports it)."""
+
+    def __init__(self, service: str, downstream: grpc.StatusCode, details: str, budget_spent: bool) -> None:
+        self.service = service
+        self.downstream_code = downstream.name
+        self.details = details
+        if budget_spent or downstream == grpc.StatusCode.DEADLINE_EXCEEDED:
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, f"the {service} did not answer in time"
+        elif downstream == grpc.StatusCode.UNAVAILABLE:
+            code, message = downstream, f"the {service} service is unavailable: {details}"
+        elif downstream == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            code, message = downstream, f"the {service} is overloaded: {details}"
+        else:
+            # Anything else is a request the retriever itself built: not the caller's fault.
+            code = grpc.StatusCode.INTERNAL
+            message = f"the {service} refused a request of the retriever ({downstream.name}): {details}"
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def refused_input(self) -> bool:
+        """The model service found an input invalid (e.g. an image it cannot decode)."""
+        return self.downstream_code == "INVALID_ARGUMENT"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    revision: str
+    family: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "revision": self.revision, "family": self.family}
+
+
+def _identity(model: common_pb2.ModelIdentity) -> ModelIdentity:
+    return ModelIdentity(model.name, model.revision, model.family)
+
+
+@dataclass(frozen=True)
+class ImageEmbeddings:
+    vectors: np.ndarray  # (n, d) raw
+    model: ModelIdentity
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    model: ModelIdentity
+    embedding_dim: int
+    mapping_networks: tuple[str, ...]
+    has_default_mapping_network: bool
+
+
+@dataclass(frozen=True)
+class Captions:
+    per_image: list[list[str]]
+    model: ModelIdentity
+
+
+@dataclass(frozen=True)
+class ReasonedText:
+    text: str
+    parsed: bool
+    fallback_reason: str  # why the reasoner fell back ("" when parsed)
+
+    @property
+    def outcome(self) -> str:
+        return "parsed" if self.parsed else f"fallback: {self.fallback_reason}"
+
+
+def _reasoned(item: reasoner_pb2.ReasonedText) -> ReasonedText:
+    parsed = item.outcome == reasoner_pb2.PARSE_OUTCOME_PARSED
+    reason = "" if parsed else item.fallback_reason or reasoner_pb2.ParseOutcome.Name(item.outcome)
+    return ReasonedText(item.text, parsed, reason)
+
+
+class _Service:
+    def __init__(self, name: str, channel: grpc.aio.Channel) -> None:
+        self.name = name
+        self._channel = channel
+
+    async def _call(self, call: Awaitable[T], budget: Budget) -> T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            raise DownstreamError(
+                self.name, error.code(), error.details() or "", budget.remaining() <= 0
+            ) from error
+
+    def _options(self, budget: Budget, stage_budget_s: float | None) -> dict[str, object]:
+        return {"timeout": budget.timeout(stage_budget_s), "metadata": outgoing_metadata()}
+
+
+class EncoderClient(_Service):
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__("encoder", channel)
+        self._stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+
+    async def embed_images(
+        self, images: Sequence[bytes], preprocessing: str, budget: Budget
+    ) -> ImageEmbeddings:
+        request = encoder_pb2.EmbedImagesRequest(
+            images=[common_pb2.Image(data=data) for data in images],
+            preprocessing=_PREPROCESSING[preprocessing],
+            vector_format=PACKED,
+        )
+        response = await self._call(self._stub.EmbedImages(request, **self._options(budget, None)), budget)
+        vectors = np.stack([vector_from_proto(e) for e in response.embeddings])
+        return ImageEmbeddings(vectors, _identity(response.model))
+
+    async def embed_texts(self, texts: Sequence[str], budget: Budget) -> np.ndarray:
+        request = encoder_pb2.EmbedTextsRequest(texts=list(texts), vector_format=PACKED)
+        response = await self._call(self._stub.EmbedTexts(request, **self._options(budget, None)), budget)
+        return np.stack([vector_from_proto(e.embedding) for e in response.embeddings])
+
+    async def embed_composed_prompt(
+        self, prompt: str, reference: np.ndarray, mapping_network: str, budget: Budget
+    ) -> np.ndarray:
+        """One prompt with `$` replaced by the mapping network's token for the raw `reference` embedding."""
+        request = encoder_pb2.EmbedComposedPromptsRequest(
+            prompts=[
+                encoder_pb2.ComposedPrompt(
+                    text=prompt, reference_embedding=vector_to_proto(reference, PACKED)
+                )
+            ],
+            mapping_network=mapping_network,
+            vector_format=PACKED,
+        )
+        call = self._stub.EmbedComposedPrompts(request, **self._options(budget, None))
+        response = await self._call(call, budget)
+        return vector_from_proto(response.embeddings[0].embedding)
+
+    async def model_info(self, budget: Budget) -> EncoderInfo:
+        call = self._stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), **self._options(budget, None))
+        info = await self._call(call, budget)
+        return EncoderInfo(
+            model=_identity(info.model),
+            embedding_dim=info.embedding_dim,
+            mapping_networks=tuple(n.name for n in info.mapping_networks),
+            has_default_mapping_network=any(n.is_default for n in info.mapping_networks),
+        )
+
+
+class CaptionerClient(_Service):
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__("captioner", channel)
+        self._stub = captioner_pb2_grpc.CaptionerServiceStub(channel)
+
+    async def captions(
+        self,
+        images: Sequence[bytes],
+        num_captions: int,
+        decoding_variant: str,
+        budget: Budget,
+        stage_budget_s: float | None = None,
+    ) -> Captions:
+        request = captioner_pb2.GenerateCaptionsRequest(
+            images=[common_pb2.Image(data=data) for data in images],
+            num_captions=num_captions,
+            decoding=captioner_pb2.DecodingParameters(variant=_DECODING[decoding_variant]),
+        )
+        call = self._stub.GenerateCaptions(request, **self._options(budget, stage_budget_s))
+        response = await self._call(call, budget)
+        return Captions([list(r.captions) for r in response.results], _identity(response.model))
+
+
+class ReasonerClient(_Service):
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__("reasoner", channel)
+        self._stub = reasoner_pb2_grpc.ReasonerServiceStub(channel)
+
+    async def edit_captions(
+        self,
+        captions: Sequence[str],
+        instruction: str,
+        mode: str,
+        template: str,
+        budget: Budget,
+        stage_budget_s: float | None = None,
+    ) -> list[ReasonedText]:
+        request = reasoner_pb2.EditCaptionsRequest(
+            captions=list(captions), instruction=instruction, mode=_EDIT_MODE[mode], template=template
+        )
+        call = self._stub.EditCaptions(request, **self._options(budget, stage_budget_s))
+        return [_reasoned(e) for e in (await self._call(call, budget)).edits]
+
+    async def added_objects(
+        self,
+        captions: Sequence[str],
+        instruction: str,
+        caption_selection: str,
+        budget: Budget,
+        stage_budget_s: float | None = None,
+    ) -> ReasonedText:
+        request = reasoner_pb2.InferAddedObjectsRequest(
+            captions=list(captions), instruction=instruction, caption_selection=_SELECTION[caption_selection]
+        )
+        call = self._stub.InferAddedObjects(request, **self._options(budget, stage_budget_s))
+        return _reasoned((await self._call(call, budget)).objects)
+
+
+def _channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Several replicas behind one DNS name: spread calls instead of pinning one connection.
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 1),
+    ]
+    return grpc.aio.insecure_channel(address, options=options)
+
+
+class ModelServices:
+    """The three clients, on channels kept for the life of the retriever."""
+
+    def __init__(self, encoder: str, captioner: str, reasoner: str, max_message_bytes: int) -> None:
+        self._channels = [_channel(a, max_message_bytes) for a in (encoder, captioner, reasoner)]
+        self.encoder = EncoderClient(self._channels[0])
+        self.captioner = CaptionerClient(self._channels[1])
+        self.reasoner = ReasonerClient(self._channels[2])
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()

@@ -1,0 +1,594 @@
+"""The retriever's core: collections, ingestion, search and export over a gallery store. No protos here.
+
+`Retriever` is what the gRPC layer (`service.py`) calls after converting a request; it returns
+dataclasses and raises `cir_common.errors` types, which the server maps to status codes. It holds no
+state of its own beyond counters and a short-lived copy of the encoder's model info: everything durable
+lives in the gallery store (local SQLite, or Milvus shared by every replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from cir_common.errors import CirError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cir_common.images import ImageLimits, content_hash, decode_image
+from cir_retriever.clients import (
+    DECODING_CHOICES,
+    PREPROCESSING_CHOICES,
+    Budget,
+    DownstreamError,
+    EncoderInfo,
+    ModelServices,
+)
+from cir_retriever.gallery.base import Collection, GalleryStore
+from cir_retriever.gallery.filters import typed_metadata, validate_fields, validate_filter
+from cir_retriever.gallery.types import CollectionSettings, FeaturePage, Filter, Hit, ImageRecord, Manifest
+from cir_retriever.ingest import IngestPipeline, ItemOutcome, PendingImage
+from cir_retriever.options import VariantChoices, WeightOverrides, resolve_options
+from cir_retriever.presets import Preset
+from cir_retriever.query import Degradation, QueryPipeline, QueryRequest, Reference, Trace
+from cir_retriever.settings import ENV_PREFIX, RetrieverSettings
+from cir_retriever.strategies import (
+    DESCRIPTIONS,
+    TEXTUAL_INVERSION,
+    Options,
+    QueryInputs,
+    StrategyName,
+    compose_query,
+    requirements,
+    without_missing_caption_slots,
+)
+
+log = logging.getLogger(__name__)
+
+_ENCODER_INFO_TTL_S = 30.0
+MAX_NUM_CAPTIONS = 64
+EXPORT_DEFAULT_PAGE_SIZE = 256
+_EXPORT_ID_BYTES = 1024  # per image: id, uri and message framing, generously
+
+
+# --- what the core takes and returns --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    collection: str
+    text: str
+    reference_image: bytes | None = None  # exactly one of reference_image / reference_id
+    reference_id: str | None = None
+    strategy: StrategyName | None = None  # None = the server's default
+    preset: Preset | None = None
+    weights: WeightOverrides = field(default_factory=WeightOverrides)
+    choices: VariantChoices = field(default_factory=VariantChoices)
+    top_k: int = 0  # 0 = the server's default
+    where: Filter = field(default_factory=Filter)
+    return_features: bool = False
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    strategy: StrategyName
+    preset: Preset
+    options: Options
+    trace: Trace
+    collection_size: int
+    features: QueryInputs | None
+
+
+@dataclass(frozen=True)
+class StrategyAvailability:
+    strategy: StrategyName
+    description: str
+    available: bool
+    unavailable_reason: str
+    uses_captioner: bool
+    uses_reasoner: bool
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    manifest: Manifest
+    size: int
+    strategies_available: list[StrategyName]
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    collection: str
+    id: str
+    data: bytes | None  # None: the caller sent no image bytes
+    uri: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class IngestProgress:
+    received: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+    failed: int = 0
+    committed: int = 0
+
+
+IngestEvent = ItemOutcome | IngestProgress
+
+
+@dataclass(frozen=True)
+class ImportBatch:
+    """One message of a feature import: the first names the collection, the models and the dimension."""
+
+    collection: str
+    encoder: dict[str, str]
+    captioner: dict[str, str]
+    embedding_dim: int
+    records: list[ImageRecord]
+
+
+@dataclass
+class ImportCounts:
+    received: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    searches: int
+    degraded_searches: int
+    degradations_by_stage: dict[str, int]
+    started_at: str
+
+
+# --- the core -------------------------------------------------------------------------------------------
+
+
+class Retriever:
+    def __init__(self, settings: RetrieverSettings, store: GalleryStore, services: ModelServices) -> None:
+        self.settings = settings
+        self.store = store
+        self.services = services
+        self.pipeline = QueryPipeline(services, settings)
+        self.ingestion = IngestPipeline(services, settings.default_timeout_s)
+        self._degradations: Counter[str] = Counter()
+        self._searches = 0
+        self._degraded_searches = 0
+        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self._limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        self._encoder_info: tuple[float, EncoderInfo] | None = None
+
+    async def load(self) -> None:
+        """Ready when the store answers; model services are reached lazily (they may start later)."""
+        await self.check()
+        names = await asyncio.to_thread(self.store.names)
+        log.info("gallery store (%s): %d collection(s)", self.settings.store_backend, len(names))
+
+    async def check(self) -> None:
+        """Raises Unavailable while the gallery store cannot serve (the health probe)."""
+        await asyncio.to_thread(self.store.check)
+
+    async def close(self) -> None:
+        await self.services.close()
+        await asyncio.to_thread(self.store.close)
+
+    # -- collections -----------------------------------------------------------------------------------
+
+    def with_defaults(self, settings: CollectionSettings) -> CollectionSettings:
+        """Settings with the server's defaults where the caller left a field empty, checked."""
+        resolved = replace(
+            settings,
+            num_captions=settings.num_captions or self.settings.default_num_captions,
+            decoding_variant=settings.decoding_variant or self.settings.default_decoding_variant,
+            preprocessing=settings.preprocessing or self.settings.default_preprocessing,
+        )
+        if not 1 <= resolved.num_captions <= MAX_NUM_CAPTIONS:
+            raise InvalidArgument(
+                f"settings.num_captions = {resolved.num_captions} is outside 1..{MAX_NUM_CAPTIONS}"
+            )
+        if resolved.decoding_variant not in DECODING_CHOICES:
+            raise InvalidArgument(
+                f"settings.decoding_variant {resolved.decoding_variant[:64]!r} is unknown: "
+                f"{' or '.join(DECODING_CHOICES)}"
+            )
+        if resolved.preprocessing not in PREPROCESSING_CHOICES:
+            raise InvalidArgument(
+                f"settings.preprocessing {resolved.preprocessing[:64]!r} is unknown: "
+                f"{' or '.join(PREPROCESSING_CHOICES)}"
+            )
+        if resolved.ann not in ("", "hnsw", "ivf"):
+            raise InvalidArgument(
+                f"settings.ann {resolved.ann[:64]!r} is unknown: empty (exact), hnsw or ivf"
+            )
+        validate_fields(resolved.filterable_fields)
+        return resolved
+
+    async def create_collection(self, name: str, settings: CollectionSettings) -> CollectionSettings:
+        resolved = self.with_defaults(settings)
+        collection = await asyncio.to_thread(self.store.create, name, resolved)
+        return (await asyncio.to_thread(collection.manifest)).settings
+
+    async def open(self, name: str) -> Collection:
+        return await asyncio.to_thread(self.store.open, name)
+
+    async def delete_images(self, name: str, ids: list[str]) -> tuple[int, list[str]]:
+        collection = await self.open(name)
+        if not ids:
+            raise InvalidArgument("ids is empty: name at least one image id to delete")
+        return await asyncio.to_thread(collection.delete, ids)
+
+    async def delete_collection(self, name: str) -> int:
+        return await asyncio.to_thread(self.store.drop, name)
+
+    async def list_collections(self) -> list[str]:
+        return await asyncio.to_thread(self.store.names)
+
+    async def collection_info(self, name: str) -> CollectionInfo:
+        collection = await self.open(name)
+        manifest = await asyncio.to_thread(collection.manifest)
+        size = await asyncio.to_thread(collection.size)
+        available = [row.strategy for row in await self.strategies() if row.available]
+        return CollectionInfo(manifest, size, available)
+
+    # -- strategies ------------------------------------------------------------------------------------
+
+    async def _encoder_model_info(self, budget: Budget) -> EncoderInfo:
+        now = time.monotonic()
+        if self._encoder_info is not None and now - self._encoder_info[0] < _ENCODER_INFO_TTL_S:
+            return self._encoder_info[1]
+        try:
+            info = await self.services.encoder.model_info(budget)
+        except DownstreamError as error:
+            raise Unavailable(f"the encoder service is unavailable: {error.details}") from error
+        self._encoder_info = (now, info)
+        return info
+
+    async def strategies(self) -> list[StrategyAvailability]:
+        options = resolve_options(Preset.CIRCO, WeightOverrides(), VariantChoices())
+        try:
+            info = await self._encoder_model_info(Budget.starting_now(5.0))
+        except Unavailable as error:
+            info, down = None, error.message
+        rows = []
+        for strategy in StrategyName:
+            why = down if info is None else _unavailable_reason(strategy, info)
+            needs = requirements(strategy, options)
+            rows.append(
+                StrategyAvailability(
+                    strategy=strategy,
+                    description=DESCRIPTIONS[strategy],
+                    available=not why,
+                    unavailable_reason=why,
+                    uses_captioner=needs.captions,
+                    uses_reasoner=needs.edits is not None or needs.objects,
+                )
+            )
+        return rows
+
+    # -- search ----------------------------------------------------------------------------------------
+
+    async def search(self, query: SearchQuery, budget: Budget) -> SearchResult:
+        text = query.text.strip()
+        if not text:
+            raise InvalidArgument("modification_text is empty: say how the reference should change")
+        strategy = query.strategy or StrategyName(self.settings.default_strategy)
+        preset = query.preset or Preset(self.settings.default_preset)
+        options = resolve_options(preset, query.weights, query.choices)
+        top_k = query.top_k or self.settings.default_top_k
+        if top_k > self.settings.max_top_k:
+            raise InvalidArgument(
+                f"top_k = {top_k} is over the limit of {self.settings.max_top_k} ({ENV_PREFIX}MAX_TOP_K)"
+            )
+        collection = await self.open(query.collection)
+        manifest = await asyncio.to_thread(collection.manifest)
+        where = validate_filter(query.where, manifest.settings.filterable_fields)
+        if not manifest.encoder:
+            raise FailedPrecondition(f"collection {manifest.name!r} is empty: ingest images before searching")
+        reference = await self._reference(query, collection)
+        info = await self._encoder_model_info(budget)
+        if (info.model.name, info.model.revision) != (manifest.encoder["name"], manifest.encoder["revision"]):
+            raise FailedPrecondition(
+                f"collection {manifest.name!r} was indexed with encoder {manifest.encoder['name']}@"
+                f"{manifest.encoder['revision'][:12]}, but the encoder serving now is {info.model.name}@"
+                f"{info.model.revision[:12]}: the vectors do not compare; re-index or switch the encoder back"
+            )
+        why = _unavailable_reason(strategy, info)
+        if why:
+            raise FailedPrecondition(f"strategy {strategy.value} is not available: {why}")
+
+        needs = requirements(strategy, options)
+        request = QueryRequest(
+            reference,
+            text,
+            strategy,
+            options,
+            needs,
+            manifest.settings,
+            # only LDRE's adaptive weights read them: other strategies skip embedding N more captions
+            reference_captions=query.return_features and strategy is StrategyName.LDRE,
+        )
+        inputs, trace = await self.pipeline.run(request, budget)
+        slots = await asyncio.to_thread(collection.caption_slot_count)
+        composed_inputs, composed_options = without_missing_caption_slots(strategy, inputs, options, slots)
+        if composed_options is not options:
+            options = composed_options
+            trace.degradations.append(
+                Degradation(
+                    "weimocir_captions",
+                    "no reference captions",
+                    "caption term dropped (b = 0): image term only",
+                )
+            )
+        q, spec = compose_query(strategy, composed_inputs, options)
+        with trace.timer.stage("search"):
+            hits = await asyncio.to_thread(collection.search, spec, q, top_k, where)
+        size = await asyncio.to_thread(collection.size)
+        self._count(trace)
+        return SearchResult(
+            hits=hits,
+            strategy=strategy,
+            preset=preset,
+            options=options,
+            trace=trace,
+            collection_size=size,
+            features=inputs if query.return_features else None,
+        )
+
+    def _count(self, trace: Trace) -> None:
+        self._searches += 1
+        self._degraded_searches += bool(trace.degradations)
+        for degradation in trace.degradations:
+            self._degradations[degradation.stage] += 1
+
+    async def _reference(self, query: SearchQuery, collection: Collection) -> Reference:
+        if query.reference_id is not None:
+            stored = await asyncio.to_thread(collection.get, query.reference_id)
+            if stored is None:
+                raise NotFound(
+                    f"reference_id {query.reference_id[:128]!r} is not in collection {query.collection!r}"
+                )
+            return Reference(stored=stored)
+        if query.reference_image:
+            await asyncio.to_thread(
+                decode_image, query.reference_image, self._limits, label="reference_image"
+            )
+            return Reference(image=query.reference_image)
+        raise InvalidArgument("give the reference as reference_image.data (image bytes) or reference_id")
+
+    # -- ingestion -------------------------------------------------------------------------------------
+
+    async def _collection_for_ingest(self, name: str) -> Collection:
+        if await asyncio.to_thread(self.store.exists, name):
+            return await self.open(name)
+        return await asyncio.to_thread(self.store.create, name, self.with_defaults(CollectionSettings()))
+
+    def _prepare(self, item: IngestItem, manifest: Manifest) -> PendingImage | ItemOutcome:
+        if not item.id:
+            return ItemOutcome(
+                "", "failed", "INVALID_ARGUMENT", "image.id is empty: every gallery image needs an id"
+            )
+        if not item.data:
+            return ItemOutcome(
+                item.id, "failed", "INVALID_ARGUMENT", "image.image.data is empty: send the image bytes"
+            )
+        try:
+            typed_metadata(item.metadata, manifest.settings.filterable_fields)
+            decode_image(item.data, self._limits, label=f"image {item.id[:128]!r}")
+        except InvalidArgument as error:
+            return ItemOutcome(item.id, "failed", "INVALID_ARGUMENT", error.message)
+        return PendingImage(
+            id=item.id, data=item.data, sha256=content_hash(item.data), uri=item.uri, metadata=item.metadata
+        )
+
+    async def ingest(self, items: AsyncIterator[IngestItem]) -> AsyncIterator[IngestEvent]:
+        """Per-item outcomes and progress after each batch; a stream-level error ends the stream with it."""
+        events: asyncio.Queue[IngestEvent | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._ingest_stream(items, events))
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            await reader  # re-raises a stream-level error (e.g. an unknown collection name)
+        finally:
+            reader.cancel()
+
+    async def _ingest_stream(
+        self, items: AsyncIterator[IngestItem], events: asyncio.Queue[IngestEvent | None]
+    ) -> None:
+        progress = IngestProgress()
+        slots = asyncio.Semaphore(self.settings.ingest_max_batches_in_flight)
+        in_flight: set[asyncio.Task[None]] = set()
+        pending_ids: set[str] = set()
+        batch: list[PendingImage] = []
+        collection: Collection | None = None
+        manifest: Manifest | None = None
+        name = ""
+
+        def report(outcome: ItemOutcome) -> None:
+            setattr(progress, outcome.status, getattr(progress, outcome.status) + 1)
+            if outcome.status != "failed":
+                progress.committed += 1
+            events.put_nowait(outcome)
+
+        async def run(pending: list[PendingImage], target: Collection) -> None:
+            try:
+                for outcome in await self.ingestion.process(target, pending):
+                    report(outcome)
+            except Exception as error:
+                log.exception("ingest batch failed")
+                code = error.code.name if isinstance(error, CirError) else "INTERNAL"
+                for item in pending:
+                    report(ItemOutcome(item.id, "failed", code, f"{type(error).__name__}: {error}"))
+            finally:
+                pending_ids.difference_update(i.id for i in pending)
+                events.put_nowait(replace(progress))
+                slots.release()
+
+        async def flush() -> None:
+            nonlocal batch
+            if batch and collection is not None:
+                await slots.acquire()  # back-pressure: stop reading while enough batches are in flight
+                task = asyncio.create_task(run(batch, collection))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                batch = []
+
+        try:
+            async for item in items:
+                progress.received += 1
+                if collection is None:
+                    name = item.collection
+                    collection = await self._collection_for_ingest(name)
+                    manifest = await asyncio.to_thread(collection.manifest)
+                elif item.collection != name:
+                    report(
+                        ItemOutcome(
+                            item.id,
+                            "failed",
+                            "INVALID_ARGUMENT",
+                            f"collection {item.collection[:128]!r} differs from this stream's {name!r}",
+                        )
+                    )
+                    continue
+                assert manifest is not None
+                prepared = await asyncio.to_thread(self._prepare, item, manifest)
+                if isinstance(prepared, ItemOutcome):
+                    report(prepared)
+                    continue
+                if prepared.id in pending_ids:
+                    # The same id again before its first copy is committed: keep the order by waiting.
+                    await flush()
+                    await asyncio.gather(*in_flight)
+                pending_ids.add(prepared.id)
+                batch.append(prepared)
+                if len(batch) >= self.settings.ingest_batch_size:
+                    await flush()
+            await flush()
+            await asyncio.gather(*in_flight)
+        finally:
+            events.put_nowait(None)
+
+    # -- bulk import of precomputed features -----------------------------------------------------------
+
+    async def import_features(self, batches: AsyncIterator[ImportBatch]) -> ImportCounts:
+        """Loads precomputed features batch by batch (each one store transaction); idempotent by content hash.
+
+        The first batch fixes the collection, models and dimension; they must equal what the collection was
+        indexed with, and for a collection without vectors yet, the encoder serving now when it answers.
+        """
+        counts = ImportCounts()
+        collection: Collection | None = None
+        first: ImportBatch | None = None
+        async for batch in batches:
+            if first is None:
+                first = batch
+                if not batch.encoder.get("name") or batch.embedding_dim <= 0:
+                    raise InvalidArgument(
+                        "the first message must name models.encoder and embedding_dim (the vectors' models)"
+                    )
+                if not await asyncio.to_thread(self.store.exists, batch.collection):
+                    await self._check_serving_encoder(batch)  # before creating anything
+                collection = await self._collection_for_ingest(batch.collection)
+                if not (await asyncio.to_thread(collection.manifest)).encoder:
+                    await self._check_serving_encoder(batch)
+                # Raises FAILED_PRECONDITION when the collection holds another encoder's vectors.
+                await asyncio.to_thread(
+                    collection.record_models, batch.encoder, batch.captioner, batch.embedding_dim
+                )
+            elif batch.collection and batch.collection != first.collection:
+                raise InvalidArgument(
+                    f"collection {batch.collection[:128]!r} differs from this stream's {first.collection!r}"
+                )
+            assert collection is not None
+            manifest = await asyncio.to_thread(collection.manifest)
+            for number, record in enumerate(batch.records, start=counts.received + 1):
+                _check_imported(record, number, first.embedding_dim, manifest)
+            counts.received += len(batch.records)
+            stored = await asyncio.to_thread(collection.content_hashes, [r.id for r in batch.records])
+            changed = [r for r in batch.records if stored.get(r.id) != r.content_sha256]
+            await asyncio.to_thread(collection.upsert, changed)
+            counts.unchanged += len(batch.records) - len(changed)
+            counts.replaced += sum(r.id in stored for r in changed)
+            counts.indexed += sum(r.id not in stored for r in changed)
+        if first is None:
+            raise InvalidArgument("the import stream is empty: send the collection, models and images")
+        return counts
+
+    async def _check_serving_encoder(self, batch: ImportBatch) -> None:
+        """Features for a collection without vectors yet must come from the encoder serving now (when it
+        answers: a bulk load may run before the model services are up; searches check again)."""
+        try:
+            info = await self._encoder_model_info(Budget.starting_now(5.0))
+        except Unavailable:
+            return
+        serving = (info.model.name, info.model.revision, info.embedding_dim)
+        imported = (batch.encoder.get("name"), batch.encoder.get("revision"), batch.embedding_dim)
+        if serving != imported:
+            raise FailedPrecondition(
+                f"the features were made by encoder {imported[0]}@{str(imported[1])[:12]} "
+                f"(dim {imported[2]}), but the encoder serving is {serving[0]}@{serving[1][:12]} "
+                f"(dim {serving[2]}): searches could not compare their vectors; import features of the "
+                "serving encoder"
+            )
+
+    # -- export and stats ------------------------------------------------------------------------------
+
+    async def export(self, name: str, page_size: int) -> AsyncIterator[FeaturePage]:
+        collection = await self.open(name)
+        manifest = await asyncio.to_thread(collection.manifest)
+        slots = await asyncio.to_thread(collection.caption_slot_count)
+        # A page must fit one message: t_v, the caption mean and R caption slots per image, packed float32.
+        per_image = 4 * max(manifest.embedding_dim, 1) * (2 + slots) + _EXPORT_ID_BYTES
+        limit = max(1, self.settings.max_message_bytes // per_image)
+        if page_size > limit:
+            raise InvalidArgument(
+                f"page_size = {page_size} is over the limit of {limit} for this collection "
+                f"(pages must fit {ENV_PREFIX}MAX_MESSAGE_BYTES = {self.settings.max_message_bytes})"
+            )
+        pages: Iterator[FeaturePage] = await asyncio.to_thread(
+            collection.export, min(page_size or EXPORT_DEFAULT_PAGE_SIZE, limit)
+        )
+        while (page := await asyncio.to_thread(next, pages, None)) is not None:
+            yield page
+
+    def stats(self) -> ServiceStats:
+        return ServiceStats(
+            searches=self._searches,
+            degraded_searches=self._degraded_searches,
+            degradations_by_stage=dict(self._degradations),
+            started_at=self._started_at,
+        )
+
+
+def _unavailable_reason(strategy: StrategyName, info: EncoderInfo) -> str:
+    """Why the serving encoder cannot run `strategy` ("" when it can)."""
+    if strategy in TEXTUAL_INVERSION and strategy.value not in info.mapping_networks:
+        return f"the encoder has no mapping network named {strategy.value!r}"
+    if strategy is StrategyName.CVSI and not info.has_default_mapping_network:
+        return "the encoder has no default mapping network"
+    return ""
+
+
+def _check_imported(record: ImageRecord, number: int, dim: int, manifest: Manifest) -> None:
+    """An imported image must carry every stored feature, at the stream's dimension, and valid metadata."""
+    label = f"image {number} ({record.id[:128]!r})"
+    if not record.id:
+        raise InvalidArgument(f"image {number}: id is empty")
+    if len(record.content_sha256) != 64 or any(c not in "0123456789abcdef" for c in record.content_sha256):
+        raise InvalidArgument(f"{label}: content_sha256 must be 64 lowercase hex characters")
+    for name, vector in (("image_raw", record.image_raw), ("caption_mean", record.caption_mean)):
+        if vector.shape != (dim,):
+            raise InvalidArgument(f"{label}: {name} has shape {vector.shape}, expected ({dim},)")
+    if (
+        record.caption_slots.ndim != 2
+        or record.caption_slots.shape[1] != dim
+        or not len(record.caption_slots)
+    ):
+        raise InvalidArgument(f"{label}: caption_slots must be 1..R vectors of dimension {dim}")
+    typed_metadata(record.metadata, manifest.settings.filterable_fields)
