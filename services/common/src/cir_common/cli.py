@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from cir.retriever.v1 import retriever_pb2
+
 DEFAULT_ADDRESS = "127.0.0.1:50050"
 
 
@@ -37,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir)
     profile = Path(args.profile) if args.profile else build_tiny_pack(workdir / "tiny-pack", echo=None)
-    suite = LocalSuite(profile=profile, workdir=workdir, use_redis=not args.no_redis)
+    suite = LocalSuite(profile=profile, workdir=workdir, use_redis=not args.no_redis, store=args.store)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -48,6 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"  {name:9s} {service.address}  (log: {service.log_path})")
         if suite.redis is not None:
             print(f"  cache     {suite.redis.url}")
+        if suite.milvus is not None:
+            print(f"  milvus    {suite.milvus.uri}  (gallery store; data in {suite.milvus.data_dir})")
         print(f"retriever (public API) at {suite.retriever_address}; Ctrl-C stops everything", flush=True)
         while not stop.wait(1.0):
             for name, service in suite.processes.items():
@@ -74,8 +78,9 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from cir_common.retriever_client import connect, format_response, search_request
+    from cir_common.retriever_client import connect, format_response, parse_where, search_request
 
+    stub = connect(args.address)
     request = search_request(
         args.collection,
         args.text,
@@ -86,11 +91,40 @@ def _search(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         explain=args.explain,
     )
-    response = connect(args.address).Search(request, timeout=args.timeout)
+    if args.where:
+        info = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(collection=args.collection))
+        request.filter.CopyFrom(parse_where(args.where, info.settings.filterable_fields))
+    response = stub.Search(request, timeout=args.timeout)
     if args.json:
         print(json.dumps(json_format.MessageToDict(response), indent=2))
     else:
         print(format_response(response))
+    return 0
+
+
+def _collections(args: argparse.Namespace) -> int:
+    from cir_common.retriever_client import connect, parse_filterable
+
+    stub = connect(args.address)
+    if args.collections_command == "list":
+        for name in stub.ListCollections(retriever_pb2.ListCollectionsRequest()).collections:
+            print(name)
+        return 0
+    if args.collections_command == "info":
+        info = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(collection=args.name))
+        print(json.dumps(json_format.MessageToDict(info), indent=2))
+        return 0
+    settings = retriever_pb2.CollectionSettings(
+        num_captions=args.num_captions,
+        decoding_variant=args.decoding_variant,
+        preprocessing=args.preprocessing,
+        filterable_fields=parse_filterable(args.filterable),
+        ann=args.ann,
+    )
+    created = stub.CreateCollection(
+        retriever_pb2.CreateCollectionRequest(collection=args.name, settings=settings)
+    )
+    print(json.dumps(json_format.MessageToDict(created), indent=2))
     return 0
 
 
@@ -142,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workdir", default="out/serve", help="logs, gallery store and the tiny pack go here")
     serve.add_argument("--no-redis", action="store_true", help="use in-process caches instead of Redis")
     serve.add_argument(
+        "--store",
+        choices=("local", "milvus"),
+        default="local",
+        help="gallery store: local files, or a local Milvus engine (milvus-lite), as replicas use it",
+    )
+    serve.add_argument(
         "--any-ports",
         action="store_true",
         help="free ports instead of the defaults 50050-50053 (retriever 50050)",
@@ -170,10 +210,40 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--explain", action="store_true", help="show captions, edits, objects, prompt, timings"
     )
+    search.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="CONDITION",
+        help="filter on a declared field: FIELD=VALUE, 'FIELD in A,B', FIELD<N (<=, >, >=); repeat to AND",
+    )
     search.add_argument("--json", action="store_true", help="print the whole response as JSON")
     search.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     search.add_argument("--address", default=DEFAULT_ADDRESS)
     search.set_defaults(handler=_search)
+
+    collections = commands.add_parser("collections", help="create, list and inspect collections")
+    collection_commands = collections.add_subparsers(
+        dest="collections_command", required=True, metavar="SUBCOMMAND"
+    )
+    create = collection_commands.add_parser("create", help="create a collection with explicit settings")
+    create.add_argument("name")
+    create.add_argument(
+        "--filterable",
+        default="",
+        metavar="FIELDS",
+        help="metadata fields searches may filter on, e.g. color:string,price:float,in_stock:bool,size:int",
+    )
+    create.add_argument("--num-captions", type=int, default=0, help="captions per image (default: server's)")
+    create.add_argument("--decoding-variant", default="", help="nucleus or beam_sample (default: server's)")
+    create.add_argument("--preprocessing", default="", help="targetpad or model_default (default: server's)")
+    create.add_argument("--ann", default="", help="approximate index: hnsw or ivf (default: exact search)")
+    listing = collection_commands.add_parser("list", help="names of all collections")
+    info = collection_commands.add_parser("info", help="size, settings and models of one collection")
+    info.add_argument("name")
+    for sub in (create, listing, info):
+        sub.add_argument("--address", default=DEFAULT_ADDRESS)
+    collections.set_defaults(handler=_collections)
 
     evaluation = commands.add_parser(
         "eval", help="evaluate on CIRCO, CIRR or FashionIQ with the official protocols (metrics, report)"
@@ -212,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The OS's own errors name the path; the suite's carry a message of their own.
         message = f"{exc.filename}: {exc.strerror.lower()}" if exc.filename and exc.strerror else exc
         print(f"cir: {message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # UsageError: a command-line value to change
+        print(f"cir: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # SuiteError and friends: a service did not start
         print(f"cir: {exc}", file=sys.stderr)

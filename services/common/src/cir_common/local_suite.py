@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cir_common.local_milvus import MilvusProcess, start_milvus
 from cir_common.local_redis import RedisProcess, free_port, redis_server_binary, start_redis
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,13 @@ class LocalSuite:
     profile: Path
     workdir: Path
     use_redis: bool = True
+    # The retriever's gallery store: "local" (files under workdir) or "milvus" (a local Milvus engine is
+    # started, with its database under workdir, and the retriever keeps no state of its own).
+    store: str = "local"
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     redis: RedisProcess | None = None
+    milvus: MilvusProcess | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -82,6 +87,8 @@ class LocalSuite:
         try:
             if self.use_redis and redis_server_binary() is not None:
                 self.redis = start_redis()
+            if self.store == "milvus":
+                self.milvus = start_milvus(data_dir=self.workdir / "milvus")
             self.ports = {name: (ports or {}).get(name) or free_port() for name in SERVICES}
             for name in names:
                 self.start_service(name)
@@ -102,6 +109,9 @@ class LocalSuite:
             for other in ("encoder", "captioner", "reasoner"):
                 env[f"CIR_RETRIEVER_{other.upper()}_ADDRESS"] = f"127.0.0.1:{ports[other]}"
             env.setdefault("CIR_RETRIEVER_STORE_DIR", str(self.workdir / "collections"))
+            env["CIR_RETRIEVER_STORE_BACKEND"] = self.store
+            if self.milvus is not None:
+                env["CIR_RETRIEVER_MILVUS_URI"] = self.milvus.uri
         if name == "reasoner":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         return env
@@ -184,3 +194,6 @@ class LocalSuite:
             if self.redis is not None:
                 self.redis.stop()
                 self.redis = None
+            if self.milvus is not None:
+                self.milvus.stop()
+                self.milvus = None
