@@ -6,8 +6,11 @@
 #   3. GPU images       each GPU image's install (install-service.sh --dry-run) resolved against the index
 #      compose          deploy/compose.yaml against the Compose specification's JSON schema
 #   4. kubernetes       kubectl kustomize of every overlay, kubernetes-validate --strict, the suite's own rules
-#                       (probes, GPUs, headless Services, PDBs, HPAs, ...) and every service's settings as each
-#                       pod would load them (the rendered cir-env and profile ConfigMaps: no unknown key)
+#                       (probes, GPUs, headless Services, PDBs, HPAs, the retriever's shape for its store
+#                       backend, ...) and every service's settings as each pod would load them (the rendered
+#                       cir-env and profile ConfigMaps: no unknown key); the Milvus Helm values and custom
+#                       resource (deploy/milvus/check_milvus.py: cluster mode, auth, persistence, the Service the
+#                       retriever's URI names)
 #   5. contracts        buf breaking against main (or $BUF_BREAKING_AGAINST), and against the contracts' first
 #                       version (v1 only grows)
 #   6. client stubs     scripts/gen-client-stubs.sh (Go, TypeScript, Java, into git-ignored folders); tsc on the
@@ -231,6 +234,11 @@ for overlay in deploy/k8s/overlays/*/; do
   done
   "$PY" deploy/k8s/check_overlay.py "$rendered" "$name" || fail "suite rules: overlay $name"
 done
+# Milvus (the retriever's milvus store) is installed by its own chart or operator: no schema for either here,
+# so the suite's rules for both, and the Kubernetes types inside them against the same versions.
+kube_version_args=()
+for version in $KUBE_VERSIONS; do kube_version_args+=(--kube-version "$version"); done
+"$PY" deploy/milvus/check_milvus.py "${kube_version_args[@]}" || fail "deploy/milvus: the Milvus values or resource"
 elapsed
 
 # The suite (tiny models, vLLM on CPU) takes a minute to load: start it now, use it at the end. It runs in its

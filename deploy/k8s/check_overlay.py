@@ -6,7 +6,11 @@ Checks what schema validation cannot: native gRPC probes on the right port, GPUs
 headless Services, a PDB and an HPA per service, connection ageing, network policies, and that every service
 accepts its configuration as its pod would load it (the rendered cir-env ConfigMap plus the container's own
 env, and the cir-profile ConfigMap's profile.toml): an unknown or malformed setting fails here, not at start.
-Needs the suite installed (the four services' settings modules).
+The retriever's shape follows its store backend: local = one replica (HPA 1-1, Recreate, the ReadWriteOnce
+gallery volume); milvus = stateless replicas (HPA min >= 2, RollingUpdate with maxUnavailable 0, PDB
+minAvailable >= 1, no volume of its own, the token variable from a Secret, a liveness probe that does not
+follow Milvus, Milvus reachable through the network policies). Needs the suite installed (the four services'
+settings modules).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from cir_common.local_suite import DEFAULT_PORTS as SERVICES  # service -> its d
 GPU_SERVICES = {"encoder", "captioner", "reasoner"}
 GPU_OVERLAYS = {"gpu-prod"}  # overlays whose model services get one GPU each
 GPU = "nvidia.com/gpu"
+# The retriever's store backend each overlay must run (an overlay not listed may run either).
+EXPECTED_BACKEND = {"cpu-dev": "local", "gpu-prod": "milvus"}
+MILVUS_PORT = 19530
 
 
 def check(docs: list[dict], overlay: str) -> list[str]:
@@ -47,6 +54,12 @@ def check(docs: list[dict], overlay: str) -> list[str]:
                 f"{name}: enableServiceLinks must be false (CIR_* link variables break the settings)"
             )
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if (
+                probe == "livenessProbe"
+                and service == "retriever"
+                and _retriever_backend(env, container) == "milvus"
+            ):
+                continue  # its own rule below: health follows Milvus, liveness must not
             grpc_probe = container.get(probe, {}).get("grpc")
             if not grpc_probe or grpc_probe.get("port") != port:
                 errors.append(f"{name}: {probe} must be a native gRPC probe on {port}")
@@ -68,11 +81,143 @@ def check(docs: list[dict], overlay: str) -> list[str]:
                 errors.append(f"{name}: no {kind}")
         if float(env.get(f"CIR_{service.upper()}_MAX_CONNECTION_AGE_S", "0")) <= 0:
             errors.append(f"cir-env: CIR_{service.upper()}_MAX_CONNECTION_AGE_S must be > 0")
-        pod_env = {**env, **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
+        pod_env = {**env, **_container_env(container)}
         errors += _settings_errors(service, pod_env, profile)
+        if service == "retriever":
+            errors += _retriever_errors(by_kind, deployment, container, pod_env, overlay)
     if len(by_kind.get("NetworkPolicy", {})) < 4:
         errors.append("the NetworkPolicies are missing")
     return errors
+
+
+def _retriever_backend(env: dict[str, str], container: dict) -> str:
+    return {**env, **_container_env(container)}.get("CIR_RETRIEVER_STORE_BACKEND", "local")
+
+
+def _container_env(container: dict) -> dict[str, str]:
+    """The container's own variables; one set from a Secret or a field gets a placeholder value, so that the
+    settings check sees its name as the pod would (every CIR_<SERVICE>_* name is read as a setting)."""
+    return {e["name"]: e.get("value", "<from valueFrom>") for e in container.get("env", [])}
+
+
+def _retriever_errors(
+    by_kind: dict[str, dict[str, dict]],
+    deployment: dict,
+    container: dict,
+    pod_env: dict[str, str],
+    overlay: str,
+) -> list[str]:
+    """The retriever's replicas, rollout, disruption budget and volumes agree with its store backend."""
+    name = "cir-retriever"
+    backend = pod_env.get("CIR_RETRIEVER_STORE_BACKEND", "local")
+    errors = []
+    expected = EXPECTED_BACKEND.get(overlay)
+    if expected and backend != expected:
+        errors.append(f"{name}: store backend {backend!r} in overlay {overlay}, expected {expected!r}")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    hpa = by_kind.get("HorizontalPodAutoscaler", {}).get(name, {}).get("spec", {})
+    pdb = by_kind.get("PodDisruptionBudget", {}).get(name, {}).get("spec", {})
+    strategy = spec.get("strategy", {})
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod.get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+    mounted = {m["name"] for m in container.get("volumeMounts", [])}
+    if "replicas" in spec:
+        errors.append(f"{name}: replicas must be left to the HPA")
+    if backend == "local":
+        # SQLite on a ReadWriteOnce volume, search matrices in the process: exactly one replica.
+        if (hpa.get("minReplicas"), hpa.get("maxReplicas")) != (1, 1):
+            errors.append(f"{name}: local store, the HPA must pin 1 replica (min 1, max 1), not {hpa}")
+        if strategy.get("type") != "Recreate":
+            errors.append(
+                f"{name}: local store, strategy must be Recreate (one pod holds the ReadWriteOnce volume)"
+            )
+        pvc = by_kind.get("PersistentVolumeClaim", {}).get("cir-gallery")
+        if not mounted & {volume for volume, claim in claims.items() if claim == "cir-gallery"}:
+            errors.append(f"{name}: local store, the gallery volume (PVC cir-gallery) must be mounted")
+        if pvc is None or pvc["spec"].get("accessModes") != ["ReadWriteOnce"]:
+            errors.append("cir-gallery: local store, the PVC must exist and be ReadWriteOnce")
+    elif backend == "milvus":
+        min_replicas, max_replicas = hpa.get("minReplicas", 1), hpa.get("maxReplicas", 0)
+        if min_replicas < 2 or max_replicas < min_replicas:
+            errors.append(f"{name}: milvus store, the HPA must run 2..N replicas (min >= 2), not {hpa}")
+        rolling = strategy.get("rollingUpdate", {})
+        if strategy.get("type") != "RollingUpdate" or rolling.get("maxUnavailable") != 0:
+            errors.append(f"{name}: milvus store, strategy must be RollingUpdate with maxUnavailable 0")
+        if pdb.get("minAvailable", 0) < 1 or "maxUnavailable" in pdb:
+            errors.append(f"{name}: milvus store, the PDB must keep minAvailable >= 1, not {pdb}")
+        if claims:
+            errors.append(f"{name}: milvus store, the pod must mount no PersistentVolumeClaim: {claims}")
+        if "cir-gallery" in by_kind.get("PersistentVolumeClaim", {}):
+            errors.append("cir-gallery: milvus store, the gallery PVC must not be rendered")
+        errors += _milvus_connection_errors(by_kind, deployment, container, pod_env)
+    else:
+        errors.append(f"{name}: unknown store backend {backend!r}")
+    return errors
+
+
+def _milvus_connection_errors(
+    by_kind: dict[str, dict[str, dict]], deployment: dict, container: dict, pod_env: dict[str, str]
+) -> list[str]:
+    name = "cir-retriever"
+    errors = []
+    uri = pod_env.get("CIR_RETRIEVER_MILVUS_URI", "")
+    if not uri or any(host in uri for host in ("127.0.0.1", "localhost")):
+        errors.append(f"{name}: CIR_RETRIEVER_MILVUS_URI must name the Milvus Service, not {uri!r}")
+    token_env = pod_env.get("CIR_RETRIEVER_MILVUS_TOKEN_ENV", "MILVUS_TOKEN")
+    token = next((e for e in container.get("env", []) if e["name"] == token_env), None)
+    if token is None or "secretKeyRef" not in token.get("valueFrom", {}):
+        errors.append(f"{name}: the token variable {token_env} must come from a Secret (secretKeyRef)")
+    # Readiness follows the Milvus connection (the service's gRPC health name does); liveness must not,
+    # or an outage of Milvus would restart every replica instead of taking them out of rotation.
+    liveness, port = container.get("livenessProbe", {}), SERVICES["retriever"]
+    if "grpc" in liveness or liveness.get("tcpSocket", {}).get("port") not in (port, "grpc"):
+        errors.append(
+            f"{name}: milvus store, liveness must be a TCP probe on {port} (gRPC health follows Milvus)"
+        )
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for policy_name, policy in by_kind.get("NetworkPolicy", {}).items():
+        spec = policy["spec"]
+        if "Egress" not in spec.get("policyTypes", []) or not _selects(spec.get("podSelector", {}), labels):
+            continue
+        if not any(_allows_port(rule, MILVUS_PORT) for rule in spec.get("egress", [])):
+            errors.append(
+                f"NetworkPolicy {policy_name} restricts the retriever's egress without TCP {MILVUS_PORT}"
+            )
+    return errors
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value, operator = labels.get(expression["key"]), expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+        if operator == "DoesNotExist" and value is not None:
+            return False
+    return True
+
+
+def _allows_port(rule: dict, port: int) -> bool:
+    ports = rule.get("ports")
+    if not ports:
+        return True  # no ports: every port
+    return any(
+        p.get("protocol", "TCP") == "TCP"
+        and (
+            "port" not in p
+            or (isinstance(p["port"], int) and p["port"] <= port <= p.get("endPort", p["port"]))
+        )
+        for p in ports
+    )
 
 
 def _generated(config_maps: dict[str, dict], prefix: str) -> dict:
@@ -110,9 +255,14 @@ def main(argv: list[str]) -> int:
         return 1
     print(
         f"ok  {overlay}: gRPC probes, GPUs, headless Services, PDBs, HPAs, connection age, network policies, "
-        "settings load"
+        f"settings load, retriever on the {_backend(docs)} store"
     )
     return 0
+
+
+def _backend(docs: list[dict]) -> str:
+    config_maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    return _generated(config_maps, "cir-env")["data"].get("CIR_RETRIEVER_STORE_BACKEND", "local")
 
 
 if __name__ == "__main__":
