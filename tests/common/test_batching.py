@@ -110,3 +110,44 @@ async def test_items_arriving_while_the_worker_is_busy_join_the_next_batch():
     assert [await f for f in later] == [[i] for i in range(1, 11)]
     assert sizes == [1, 10]
     batcher.close()
+
+
+async def test_one_failing_item_fails_only_its_own_caller():
+    calls: list[list[int]] = []
+
+    def run(key: str, items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if 13 in items:
+            raise ValueError("item 13 is bad")
+        return [item * 10 for item in items]
+
+    batcher = MicroBatcher(run, max_batch_size=64, window_s=0.05)
+    requests = [[i] for i in range(10)] + [[13]] + [[20, 21, 22], [30, 31]]
+    results = await asyncio.gather(
+        *(batcher.submit("k", items) for items in requests), return_exceptions=True
+    )
+    for items, got in zip(requests, results, strict=True):
+        if items == [13]:
+            assert isinstance(got, ValueError) and "item 13" in str(got)
+        else:
+            assert got == [item * 10 for item in items]
+    assert sorted(calls[0]) == sorted(i for items in requests for i in items)  # one shared batch first
+    assert calls[-1] == [13] or [13] in calls
+    assert batcher.stats.failed_items == 1
+    assert len(calls) <= 1 + 2 * 5  # split in halves, not re-run one by one
+    batcher.close()
+
+
+async def test_a_caller_with_a_bad_item_gets_the_error_and_its_good_items_are_not_reported():
+    def run(key: str, items: list[int]) -> list[int]:
+        if any(item < 0 for item in items):
+            raise ValueError("negative")
+        return items
+
+    batcher = MicroBatcher(run, max_batch_size=8, window_s=0.02)
+    mixed, clean = await asyncio.gather(
+        batcher.submit("k", [1, -1, 2]), batcher.submit("k", [5, 6]), return_exceptions=True
+    )
+    assert isinstance(mixed, ValueError)
+    assert clean == [5, 6]
+    batcher.close()

@@ -352,3 +352,48 @@ def test_a_mapping_network_that_does_not_fit_the_clip_model_is_refused(tiny_pack
     settings.default_mapping_network = "wrong"
     with pytest.raises(ConfigError, match="48"):
         build_engine(settings)
+
+
+def test_a_reference_embedding_too_large_for_the_model_is_refused_not_answered_with_nan(encoder, monkeypatch):
+    stub = encoder.stub
+    dim = encoder.servicer.engine.clip.embed_dim
+    huge = common_pb2.Vector(values=[3e38] + [0.0] * (dim - 1))  # finite float32, but overflows the model
+    code, message = _code(
+        stub.EmbedComposedPrompts,
+        encoder_pb2.EmbedComposedPromptsRequest(
+            prompts=[encoder_pb2.ComposedPrompt(text="a photo of $", reference_embedding=huge)]
+        ),
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prompts[0].reference_embedding has norm 3e+38" in message and "EmbedImages" in message
+
+    # a reference of ordinary size is still answered, with finite vectors
+    raw = stub.EmbedImages(encoder_pb2.EmbedImagesRequest(images=[_image(61)])).embeddings[0]
+    answer = stub.EmbedComposedPrompts(
+        encoder_pb2.EmbedComposedPromptsRequest(
+            prompts=[encoder_pb2.ComposedPrompt(text="a photo of $", reference_embedding=raw)]
+        )
+    )
+    assert np.isfinite(_text_matrix(answer.embeddings)).all()
+
+    # whatever the cause, a non-finite result is refused, never answered OK
+    engine = encoder.servicer.engine
+    real = engine.embed_composed
+
+    def overflowing(token_ids, pseudo_tokens):
+        features = real(token_ids, pseudo_tokens)
+        features[-1, 0] = np.nan
+        return features
+
+    monkeypatch.setattr(engine, "embed_composed", overflowing)
+    code, message = _code(
+        stub.EmbedComposedPrompts,
+        encoder_pb2.EmbedComposedPromptsRequest(
+            prompts=[
+                encoder_pb2.ComposedPrompt(text="a photo of $", reference_embedding=raw),
+                encoder_pb2.ComposedPrompt(text="a photo of $ in red", reference_embedding=raw),
+            ]
+        ),
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prompts[1]: the composed embedding is not finite" in message

@@ -17,7 +17,12 @@ from PIL import Image
 from cir_common.errors import ConfigError, InvalidArgument
 from cir_encoder.clip_loading import LoadedClip
 from cir_encoder.phi import LoadedPhi
-from cir_encoder.preprocessing import PREPROCESSING_CHOICES, build_image_transform
+from cir_encoder.preprocessing import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_CANVAS_PIXELS,
+    PREPROCESSING_CHOICES,
+    build_image_transform,
+)
 from cir_encoder.pseudo_tokens import encode_with_pseudo_tokens, text_tower
 
 PLACEHOLDER = "$"
@@ -37,6 +42,9 @@ class EncoderEngine:
         mapping_networks: dict[str, LoadedPhi],
         default_mapping_network: str,
         target_pad_ratio: float,
+        *,
+        max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+        max_canvas_pixels: int = DEFAULT_MAX_CANVAS_PIXELS,
     ) -> None:
         if mapping_networks and default_mapping_network not in mapping_networks:
             raise ConfigError(
@@ -51,7 +59,13 @@ class EncoderEngine:
         self.identity = f"{clip.model_name}@{clip.checkpoint_sha256}/{clip.precision}"
         self._tower = text_tower(clip.model)
         self._transforms: dict[str, Callable[[Image.Image], Any]] = {
-            kind: build_image_transform(kind, clip.preprocess, target_pad_ratio)
+            kind: build_image_transform(
+                kind,
+                clip.preprocess,
+                target_pad_ratio,
+                max_aspect_ratio=max_aspect_ratio,
+                max_canvas_pixels=max_canvas_pixels,
+            )
             for kind in PREPROCESSING_CHOICES
         }
         self.placeholder_token_id = self._single_token_id(PLACEHOLDER)

@@ -21,7 +21,7 @@ from cir_common.vectors import pack_f32, unpack_f32, vector_from_proto, vector_t
 from cir_encoder.clip_loading import load_clip
 from cir_encoder.engine import PLACEHOLDER, EncoderEngine
 from cir_encoder.phi import load_phi
-from cir_encoder.preprocessing import MODEL_DEFAULT, PREPROCESSING_CHOICES, TARGETPAD
+from cir_encoder.preprocessing import MODEL_DEFAULT, PREPROCESSING_CHOICES, TARGETPAD, check_aspect_ratio
 from cir_encoder.settings import ENV_PREFIX, EncoderSettings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,19 @@ def build_engine(settings: EncoderSettings) -> EncoderEngine:
         name: load_phi(path, clip.embed_dim, clip.text_width, device=clip.device)
         for name, path in sorted(settings.mapping_networks.items())
     }
-    return EncoderEngine(clip, networks, settings.default_mapping_network, settings.target_pad_ratio)
+    return EncoderEngine(
+        clip,
+        networks,
+        settings.default_mapping_network,
+        settings.target_pad_ratio,
+        max_aspect_ratio=settings.max_aspect_ratio,
+        max_canvas_pixels=settings.max_image_pixels,
+    )
+
+
+# Raw CLIP image features have norms of about 1 to 100; far larger references overflow the mapping network
+# and the text tower (NaN results), so they are refused with a clear message.
+MAX_REFERENCE_NORM = 1e4
 
 
 def _normalized(matrix: np.ndarray) -> np.ndarray:
@@ -137,6 +149,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     ) -> tuple[np.ndarray, list[bool]]:
         with timer.stage("decode"):
             decoded = await decode_request_images(images, self.settings, field=field)
+        # Checked per request before batching: one caller's image never fails a batch shared with others.
+        for index, image in enumerate(decoded):
+            check_aspect_ratio(
+                (image.width, image.height),
+                self.settings.max_aspect_ratio,
+                f"{field}[{index}]",
+                f"{ENV_PREFIX}MAX_ASPECT_RATIO",
+            )
         params = {"preprocessing": kind, "target_pad_ratio": self.engine.target_pad_ratio}
         keys = [cache_key("clip_image", self.engine.identity, params, d.content_sha256) for d in decoded]
         assert self._image_batcher is not None
@@ -260,6 +280,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             )
         matrix = np.stack([feature for feature, _ in pairs])
         tokens = np.stack([token for _, token in pairs])
+        finite = np.isfinite(matrix).all(axis=1) & np.isfinite(tokens).all(axis=1)
+        for index in (~finite).nonzero()[0].tolist():
+            raise InvalidArgument(
+                f"prompts[{index}]: the composed embedding is not finite (NaN or infinite): its reference "
+                f"overflows this model's {self.engine.clip.precision} arithmetic; send the "
+                "reference_embedding as EmbedImages returns it (raw CLIP features, of norm near 1 to 100)"
+            )
         if request.normalize:
             matrix = _normalized(matrix)
         fmt = request.vector_format
@@ -285,11 +312,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         image_indices = []
         for index, prompt in enumerate(prompts):
             if prompt.WhichOneof("reference") == "reference_embedding":
-                rows[index] = vector_from_proto(
+                row = vector_from_proto(
                     prompt.reference_embedding,
                     expected_dim=dim,
                     label=f"prompts[{index}].reference_embedding",
                 )
+                norm = float(np.linalg.norm(row.astype(np.float64)))
+                if not norm <= MAX_REFERENCE_NORM:
+                    raise InvalidArgument(
+                        f"prompts[{index}].reference_embedding has norm {norm:.3g}, over the limit of "
+                        f"{MAX_REFERENCE_NORM:g}: send the image embedding as EmbedImages returns it (raw "
+                        "CLIP features, of norm near 1 to 100), not a scaled one"
+                    )
+                rows[index] = row
             else:
                 image_indices.append(index)
         if image_indices:

@@ -29,6 +29,8 @@ class EncoderSettings(ServiceSettings):
     # "targetpad" (CVSI) or "model_default".
     preprocessing: str = "targetpad"
     target_pad_ratio: float = 1.25
+    # Longest long:short side ratio accepted for images (INVALID_ARGUMENT past it).
+    max_aspect_ratio: float = 20.0
     max_items_per_request: int = 256
     max_text_chars: int = 4096
     batch_max_size: int = 64

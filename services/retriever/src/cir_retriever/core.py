@@ -278,6 +278,11 @@ class Retriever:
         text = query.text.strip()
         if not text:
             raise InvalidArgument("modification_text is empty: say how the reference should change")
+        if len(text) > self.settings.max_text_chars:
+            raise InvalidArgument(
+                f"modification_text has {len(text)} characters, over the limit of "
+                f"{self.settings.max_text_chars} ({ENV_PREFIX}MAX_TEXT_CHARS): say the change in fewer words"
+            )
         strategy = query.strategy or StrategyName(self.settings.default_strategy)
         preset = query.preset or Preset(self.settings.default_preset)
         options = resolve_options(preset, query.weights, query.choices)
@@ -313,6 +318,7 @@ class Retriever:
             manifest.settings,
             # only LDRE's adaptive weights read them: other strategies skip embedding N more captions
             reference_captions=query.return_features and strategy is StrategyName.LDRE,
+            edit_template_from_caller=bool(query.choices.edit_template),
         )
         inputs, trace = await self.pipeline.run(request, budget)
         slots = await asyncio.to_thread(collection.caption_slot_count)
@@ -352,7 +358,8 @@ class Retriever:
             stored = await asyncio.to_thread(collection.get, query.reference_id)
             if stored is None:
                 raise NotFound(
-                    f"reference_id {query.reference_id[:128]!r} is not in collection {query.collection!r}"
+                    f"reference_id {query.reference_id[:128]!r} is not in collection "
+                    f"{query.collection[:128]!r}"
                 )
             return Reference(stored=stored)
         if query.reference_image:

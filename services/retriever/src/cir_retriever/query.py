@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cir_common.errors import DeadlineExceeded
+from cir_common.errors import DeadlineExceeded, InvalidArgument
 from cir_common.service_kit import StageTimer
 from cir_retriever import fusion
 from cir_retriever.clients import Budget, DownstreamError, ModelServices, ReasonedText
@@ -73,6 +73,9 @@ class QueryRequest:
     # Also embed every caption of the reference (returned to the caller for LDRE's adaptive weights, not
     # used for the ranking).
     reference_captions: bool = False
+    # options.edit_template was the caller's choice (not the preset's): the reasoner refusing it is the
+    # caller's error (INVALID_ARGUMENT), not a degradation.
+    edit_template_from_caller: bool = False
 
 
 # CLIP reads 77 tokens (a few hundred characters of ordinary text) and cuts the rest; LLM output can
@@ -82,6 +85,14 @@ ENCODER_TEXT_CHARS = 2000
 
 def _fit(text: str) -> str:
     return text[:ENCODER_TEXT_CHARS]
+
+
+def _template_refused(error: DownstreamError) -> bool:
+    """The reasoner refused the prompt template: it does not know the name (NOT_FOUND, only a template
+    lookup answers it) or the template is not an edit template (INVALID_ARGUMENT naming the template)."""
+    return error.downstream_code == "NOT_FOUND" or (
+        error.downstream_code == "INVALID_ARGUMENT" and "template" in error.details
+    )
 
 
 class QueryPipeline:
@@ -220,17 +231,26 @@ class _StageRunner:
             mode = self.r.needs.edits or EditMode.PER_CAPTION
 
             async def call() -> list[ReasonedText]:
-                return await self._timed(
-                    "edit_captions",
-                    self.s.reasoner.edit_captions(
-                        captions,
-                        self.r.text,
-                        mode.value,
-                        self.r.options.edit_template,
-                        self.budget,
-                        self.settings.reasoner_budget_s,
-                    ),
-                )
+                try:
+                    return await self._timed(
+                        "edit_captions",
+                        self.s.reasoner.edit_captions(
+                            captions,
+                            self.r.text,
+                            mode.value,
+                            self.r.options.edit_template,
+                            self.budget,
+                            self.settings.reasoner_budget_s,
+                        ),
+                    )
+                except DownstreamError as error:
+                    if self.r.edit_template_from_caller and _template_refused(error):
+                        raise InvalidArgument(
+                            f"options.edit_template {self.r.options.edit_template[:128]!r} was refused by "
+                            f"the reasoner ({error.details[:512]}); name an edit template the reasoner knows "
+                            "(its ListTemplates RPC lists them) or leave it empty for the preset's"
+                        ) from error
+                    raise
 
             edits, ok = await self._optional(
                 "edit_captions",

@@ -31,6 +31,8 @@ class RetrieverSettings(ServiceSettings):
     default_preprocessing: str = "targetpad"
     default_top_k: int = 10
     max_top_k: int = 1000
+    # Longest modification_text a search accepts (characters); longer ones are refused at the public edge.
+    max_text_chars: int = 2000
     # Time a search may take when the caller sets no deadline.
     default_timeout_s: float = 120.0
     # Non-essential stages past these budgets degrade (fallbacks) instead of failing the search.
