@@ -282,6 +282,21 @@ def test_shapes_are_fixed_per_collection(store: MilvusGalleryStore) -> None:
     assert collection.size() == 1
 
 
+def test_an_id_too_long_to_store_is_refused_on_write_and_simply_absent_on_lookup(
+    store: MilvusGalleryStore,
+) -> None:
+    """A search by a 100 KB reference_id is NOT_FOUND (as on the local store), not INVALID_ARGUMENT."""
+    rng = np.random.default_rng(3)
+    collection = new_collection(store)
+    collection.upsert([make_record("a", rng)])
+    huge = "x" * 100_000
+    assert collection.get(huge) is None
+    assert collection.content_hashes([huge, "a"]).keys() == {"a"}
+    assert collection.delete([huge]) == (0, [huge])
+    with pytest.raises(InvalidArgument, match="keeps ids up to"):
+        collection.upsert([make_record(huge, rng)])
+
+
 def test_export_pages_come_in_id_order_with_the_stored_features(store: MilvusGalleryStore) -> None:
     rng = np.random.default_rng(3)
     # ids whose byte order differs from what a naive encoding would give: unicode, symbols, prefixes

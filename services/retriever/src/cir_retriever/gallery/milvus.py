@@ -153,6 +153,15 @@ def encode_id(image_id: str) -> str:
     return raw.hex()
 
 
+def lookup_key(image_id: str) -> str | None:
+    """The primary key to look an id up by; None for an id no image can have (too long to store): a lookup of
+    it finds nothing (NOT_FOUND upstream), where a write of it is refused."""
+    try:
+        return encode_id(image_id)
+    except InvalidArgument:
+        return None
+
+
 def decode_id(key: str) -> str:
     return bytes.fromhex(key).decode("utf-8")
 
@@ -756,7 +765,7 @@ class MilvusCollection:
         return found
 
     def content_hashes(self, ids: Sequence[str]) -> dict[str, str]:
-        keys = list(dict.fromkeys(encode_id(i) for i in ids))
+        keys = [k for k in dict.fromkeys(lookup_key(i) for i in ids) if k is not None]
         return {decode_id(row["pk"]): row["sha256"] for row in self._query_keys(keys, ["pk", "sha256"])}
 
     def upsert(self, records: Sequence[ImageRecord]) -> None:
@@ -827,7 +836,8 @@ class MilvusCollection:
         _, layout = self._current()
         if layout is None:
             return None
-        rows = self._query_keys([encode_id(image_id)], _SCALAR_OUTPUT)
+        key = lookup_key(image_id)
+        rows = self._query_keys([key], _SCALAR_OUTPUT) if key is not None else []
         return _record(rows[0], layout) if rows else None
 
     def size(self) -> int:
