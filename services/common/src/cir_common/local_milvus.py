@@ -15,16 +15,16 @@ import fcntl
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import grpc
 
+from cir_common.child_server import ChildServer
 from cir_common.local_redis import free_port
 
 INSTALL_HINT = (
@@ -65,51 +65,20 @@ def ping(port: int, timeout_s: float = 1.0) -> bool:
 
 
 @dataclass
-class MilvusProcess:
-    port: int
-    process: subprocess.Popen[bytes]
-    workdir: Path
-    # The folder holding the database file; removed by stop() only when it is our temporary workdir.
+class MilvusProcess(ChildServer):
+    # The folder holding the database file; stop() removes it only when it is the temporary workdir.
     data_dir: Path
     _lock: IO[str] | None = field(default=None, repr=False)
-    _stopped: bool = field(default=False, repr=False)
+    log_name: ClassVar[str] = "milvus.log"
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        path = self.workdir / "milvus.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def kill(self) -> None:
-        """Simulate a crash: SIGKILL, so clients see connections drop with no goodbye."""
-        if self.alive:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        """Terminate (SIGTERM, then SIGKILL after 10 s), reap, and remove the temporary folder. Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        try:
-            if self.alive:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout=10)
-        finally:
-            if self._lock is not None:
-                self._lock.close()  # releases the database lock
-                self._lock = None
-            shutil.rmtree(self.workdir, ignore_errors=True)
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # releases the database lock
+            self._lock = None
 
 
 def start_milvus(

@@ -7,13 +7,15 @@ an outage and is always reaped. Persistence is off: nothing is written outside i
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from cir_common.child_server import ChildServer
 
 INSTALL_HINT = (
     "redis-server is not on PATH; run scripts/install-dev.sh (it installs the redis-server package)"
@@ -58,45 +60,12 @@ def _ask(port: int, command: bytes, timeout_s: float) -> bytes:
 
 
 @dataclass
-class RedisProcess:
-    port: int
-    process: subprocess.Popen[bytes]
-    workdir: Path
-    _stopped: bool = field(default=False, repr=False)
+class RedisProcess(ChildServer):
+    log_name: ClassVar[str] = "redis.log"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        path = self.workdir / "redis.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def kill(self) -> None:
-        """Simulate a crash: SIGKILL, so clients see connections drop with no goodbye."""
-        if self.alive:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        """Terminate (SIGTERM, then SIGKILL after 10 s), reap, and remove the working folder. Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        try:
-            if self.alive:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout=10)
-        finally:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_redis(port: int | None = None, *, timeout_s: float = 10.0) -> RedisProcess:
