@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from cir_common.batching import MicroBatcher
+from cir_common.errors import ResourceExhausted
 
 
 def _square_batches(calls: list[tuple[str, list[int]]]):
@@ -150,4 +151,73 @@ async def test_a_caller_with_a_bad_item_gets_the_error_and_its_good_items_are_no
     )
     assert isinstance(mixed, ValueError)
     assert clean == [5, 6]
+    batcher.close()
+
+
+async def test_pending_items_are_bounded_and_a_full_queue_refuses_at_once():
+    started = threading.Event()
+    gate = threading.Event()
+
+    def run(key: str, items: list[int]) -> list[int]:
+        started.set()
+        gate.wait(30)  # the first batch keeps the worker busy while the queue fills
+        return items
+
+    batcher = MicroBatcher(
+        run, max_batch_size=2, window_s=0.001, max_pending_items=4, limit_setting="CIR_X_MAX_PENDING"
+    )
+    running = asyncio.ensure_future(batcher.submit("k", [1, 2]))
+    for _ in range(3000):  # a state, with a bound
+        if started.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert started.is_set()
+    waiting = asyncio.ensure_future(batcher.submit("k", [3, 4, 5, 6]))
+    await asyncio.sleep(0)  # submit queues its items before it first waits
+    assert batcher.pending_items == 4
+
+    with pytest.raises(ResourceExhausted) as refused:
+        await batcher.submit("other", [7])
+    assert "CIR_X_MAX_PENDING" in refused.value.message and "4" in refused.value.message
+    assert refused.value.retry_after_ms is not None and refused.value.retry_after_ms >= 50
+    assert batcher.stats.rejected_submits == 1
+    with pytest.raises(ResourceExhausted) as too_big:
+        await batcher.submit("other", list(range(5)))  # could never fit: no retry hint
+    assert too_big.value.retry_after_ms is None
+
+    gate.set()
+    assert await running == [1, 2]
+    assert await waiting == [3, 4, 5, 6]
+    assert await batcher.submit("other", [7]) == [7]  # room again
+    batcher.close()
+
+
+async def test_a_cancelled_callers_items_free_their_room_in_the_queue():
+    started = threading.Event()
+    gate = threading.Event()
+    calls: list[list[int]] = []
+
+    def run(key: str, items: list[int]) -> list[int]:
+        calls.append(list(items))
+        started.set()
+        gate.wait(30)
+        return items
+
+    batcher = MicroBatcher(run, max_batch_size=2, window_s=0.001, max_pending_items=3)
+    running = asyncio.ensure_future(batcher.submit("k", [1, 2]))
+    for _ in range(3000):
+        if started.is_set():
+            break
+        await asyncio.sleep(0.01)
+    doomed = asyncio.ensure_future(batcher.submit("k", [3, 4, 5]))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    later = asyncio.ensure_future(batcher.submit("k", [6, 7]))  # fits only once 3, 4, 5 are dropped
+    await asyncio.sleep(0)
+    gate.set()
+    assert await running == [1, 2]
+    assert await later == [6, 7]
+    assert [3, 4, 5] not in calls and all(3 not in c for c in calls)
     batcher.close()

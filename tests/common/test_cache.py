@@ -1,12 +1,12 @@
-"""The shared cache: LRU bounds, Redis round trips, keys that name every input, codecs, and outages."""
+"""The shared cache: LRU bounds, Redis round trips, keys that name every input, codecs, outages (breaker)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
-import signal
 import struct
+import time
 import uuid
 
 import numpy as np
@@ -18,6 +18,7 @@ from cir_common.cache import (
     Cache,
     MemoryCache,
     RedisCache,
+    cache_from_settings,
     cache_from_url,
     cache_key,
     pack_f32,
@@ -27,6 +28,7 @@ from cir_common.cache import (
     unpack_f32_matrix,
     unpack_json,
 )
+from cir_common.config import ServiceSettings
 from cir_common.errors import ConfigError, InvalidArgument
 from cir_common.local_redis import INSTALL_HINT, RedisStartError, free_port
 from cir_common.local_redis import start_redis as start_redis_process
@@ -128,9 +130,9 @@ async def test_both_caches_satisfy_the_protocol(redis_server):
 
 @pytest.fixture
 async def redis_cache(redis_server):
-    # A generous socket timeout: these tests check behaviour, and 40 concurrent connects on a loaded machine
-    # can take longer than the production default (0.25 s), which would trip the outage breaker.
-    cache = RedisCache(redis_server.url, socket_timeout_s=5.0)
+    # Generous timeouts: these tests check behaviour, and 40 concurrent connects on a loaded machine can take
+    # longer than the production defaults, which would trip the outage breaker.
+    cache = RedisCache(redis_server.url, connect_timeout_s=5.0, socket_timeout_s=5.0)
     yield cache
     await cache.close()
 
@@ -140,8 +142,17 @@ async def test_redis_round_trip_of_many_keys_with_misses(redis_cache):
     await redis_cache.set_many({keys[0]: b"zero", keys[2]: b"\x00\xff" * 1000})
     assert await redis_cache.get_many(keys) == [b"zero", None, b"\x00\xff" * 1000]
     assert await redis_cache.get_many([]) == []
-    assert redis_cache.stats() == {"hits": 2, "misses": 1, "errors": 0, "skipped": 0, "writes": 2}
-    assert redis_cache.healthy
+    stats = redis_cache.stats()
+    assert {k: stats[k] for k in ("hits", "misses", "errors", "skipped", "writes", "attempts")} == {
+        "hits": 2,
+        "misses": 1,
+        "errors": 0,
+        "skipped": 0,
+        "writes": 2,
+        "attempts": 2,
+    }
+    assert stats["fallback_hits"] == 0  # Redis answered both hits
+    assert redis_cache.healthy and redis_cache.state == "closed"
 
 
 async def test_redis_single_get_and_set_round_trip_a_vector(redis_cache):
@@ -166,7 +177,7 @@ async def test_redis_ttl_is_set_on_write(redis_cache, redis_server):
 
 
 async def test_redis_default_ttl_applies_when_none_is_given(redis_server):
-    cache = RedisCache(redis_server.url, default_ttl_s=50, socket_timeout_s=5.0)
+    cache = RedisCache(redis_server.url, default_ttl_s=50, connect_timeout_s=5.0, socket_timeout_s=5.0)
     raw = aioredis.Redis.from_url(redis_server.url)
     key = _unique()
     try:
@@ -185,102 +196,260 @@ async def test_redis_handles_concurrent_requests(redis_cache):
 
 
 # --- outages ----------------------------------------------------------------------------------------------
+# Assertions count Redis contacts (stats()["attempts"]: calls sent to Redis on a caller's behalf; background
+# probes are counted apart), never elapsed time. Where a state must be reached (the breaker closing after a
+# probe), the test waits for it with a generous bound.
+
+NO_PROBE_S = 3600.0  # the breaker stays open for the whole test: every contact counted is a caller's
+# Where Redis is killed, refusals are immediate and timeouts never elapse: generous ones keep a loaded machine
+# from failing the calls made while Redis is up. Tests of a hung Redis keep the defaults (they wait them out).
+PATIENT = {"connect_timeout_s": 5.0, "socket_timeout_s": 5.0}
+PROBE_TASK = "cir-cache-probe"
 
 
 def _warnings(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == CACHE_LOGGER and r.levelno == logging.WARNING]
 
 
-async def test_redis_killed_mid_test_degrades_to_misses_and_recovers(start_redis, caplog):
+def _recoveries(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("cache available again")]
+
+
+async def _wait_for(condition, what: str, bound_s: float = 60.0) -> None:
+    # A bound, not a measurement: generous enough for a loaded CI machine.
+    deadline = time.monotonic() + bound_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {bound_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_killed_redis_opens_the_breaker_and_the_in_process_copy_serves(start_redis, caplog):
+    caplog.set_level(logging.INFO, logger=CACHE_LOGGER)
+    server = start_redis()
+    cache = RedisCache(server.url, failure_threshold=3, probe_interval_s=NO_PROBE_S, **PATIENT)
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        await cache.set("written", b"by this process")
+        await raw.set("read", b"by another replica")
+        assert await cache.get("read") == b"by another replica"  # from Redis: kept in-process too
+        server.kill()
+        before = cache.stats()
+        for i in range(200):
+            # What went through this process before the outage is still served...
+            assert await cache.get_many(["written", "read"]) == [b"by this process", b"by another replica"]
+            # ...and what is written during it, too.
+            await cache.set(f"new:{i}", str(i).encode())
+            assert await cache.get(f"new:{i}") == str(i).encode()
+        after = cache.stats()
+        # Three failures in a row open the breaker; the other 597 calls never reached for Redis.
+        assert after["attempts"] - before["attempts"] == 3
+        assert after["errors"] - before["errors"] == 3
+        assert after["skipped"] - before["skipped"] == 600 - 3
+        assert (after["breaker_open"], after["breaker_opens"], after["breaker_closes"]) == (1, 1, 0)
+        assert cache.state == "open" and not cache.healthy
+        assert after["fallback_hits"] - before["fallback_hits"] == 200 * 2 + 200
+        assert await cache.get("never written") is None
+        warnings = _warnings(caplog)
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert warnings[0].getMessage().startswith("cache unavailable, serving from the in-process cache")
+    finally:
+        await raw.aclose()
+        await cache.close()
+
+
+async def test_a_hung_redis_costs_each_call_in_flight_one_timeout_and_then_none(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, failure_threshold=3, probe_interval_s=NO_PROBE_S)
+    try:
+        await cache.set("k", b"v")
+        server.pause()  # accepts TCP, never answers: every call in flight waits for its timeout
+        before = cache.stats()["attempts"]
+        # Fifty calls at once: all are on their way to Redis before the first one times out...
+        assert await asyncio.gather(*(cache.get("k") for _ in range(50))) == [b"v"] * 50
+        in_flight = cache.stats()["attempts"] - before
+        assert 3 <= in_flight <= 50
+        assert cache.state == "open"
+        # ...and once the breaker is open, no call reaches for the hung server at all.
+        results = await asyncio.gather(*(cache.get("k") for _ in range(200)))
+        await asyncio.gather(*(cache.set(f"w:{i}", b"w") for i in range(200)))
+        assert results == [b"v"] * 200
+        assert cache.stats()["attempts"] - before == in_flight
+        assert await cache.get_many(["w:0", "w:199"]) == [b"w", b"w"]
+    finally:
+        await cache.close()
+
+
+async def test_below_the_threshold_the_breaker_stays_closed_and_a_success_resets_the_count(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, failure_threshold=3, probe_interval_s=NO_PROBE_S)
+    try:
+        await cache.set("k", b"v")
+        for _ in range(2):
+            server.pause()
+            for _ in range(2):
+                assert await cache.get("k") == b"v"  # a failed call, answered from the in-process copy
+            server.resume()
+            await cache.set("k", b"v")  # a success: the two failures before it no longer count
+            assert cache.state == "closed"
+        stats = cache.stats()
+        assert (stats["errors"], stats["breaker_opens"], stats["skipped"]) == (4, 0, 0)
+    finally:
+        await cache.close()
+
+
+async def test_killed_redis_restarted_on_its_port_is_found_again_by_the_probe(start_redis, caplog):
     caplog.set_level(logging.INFO, logger=CACHE_LOGGER)
     server = start_redis()
     port = server.port
-    cache = RedisCache(server.url, socket_timeout_s=0.25, retry_after_s=0.5)
+    cache = RedisCache(server.url, failure_threshold=1, probe_interval_s=0.05, **PATIENT)
     try:
-        await cache.set("k", b"before")
-        assert await cache.get("k") == b"before"
-
+        await cache.set("before", b"1")
         server.kill()
-        assert await cache.get("k") is None
-        await cache.set("k2", b"dropped")  # must not raise
-        assert await cache.get_many(["k", "k2"]) == [None, None]
-        assert not cache.healthy
-        warnings = _warnings(caplog)
-        assert len(warnings) == 1, [r.getMessage() for r in warnings]
-        assert warnings[0].getMessage().startswith("cache unavailable, continuing without cache")
-        # Only the first call reached for Redis; the rest were skipped without trying.
-        assert cache.stats()["errors"] == 1
-        assert cache.stats()["skipped"] == 2
+        assert await cache.get("before") == b"1"
+        assert cache.state == "open"
+        await cache.set("during", b"2")
+        opened = cache.stats()
+        await _wait_for(lambda: cache.stats()["probe_failures"] >= 3, "three failed probes")
+        for _ in range(100):
+            assert await cache.get("during") == b"2"
+        # Probes run in the background; callers never reached for Redis meanwhile.
+        assert cache.stats()["attempts"] == opened["attempts"]
 
-        # Within retry_after_s Redis is not tried again (skipped), so an outage adds no latency.
-        for _ in range(200):
-            assert await cache.get("k") is None
-        assert cache.stats()["errors"] == 1
-        assert cache.stats()["skipped"] == 2 + 200
+        server = start_redis(port)  # same port, empty data
+        await _wait_for(lambda: cache.state == "closed", "the breaker to close")
+        stats = cache.stats()
+        assert (stats["breaker_opens"], stats["breaker_closes"], stats["breaker_open"]) == (1, 1, 0)
+        assert stats["probes"] == stats["probe_failures"] + 1
 
-        start_redis(port)  # same port, empty data
-        await cache.set("k", b"lost while down")  # still inside the retry window: dropped
-        await asyncio.sleep(0.55)
-        await cache.set("k", b"after")
-        assert await cache.get("k") == b"after"
-        assert cache.healthy
-        assert len(_warnings(caplog)) == 1
-        assert any(r.getMessage().startswith("cache available again") for r in caplog.records)
+        await cache.set("after", b"3")
+        raw = aioredis.Redis.from_url(server.url)
+        try:
+            assert await raw.get("after") == b"3"  # written to the restarted server
+        finally:
+            await raw.aclose()
+        # The restarted Redis never had these; the in-process copy still serves them.
+        assert await cache.get_many(["before", "during", "after"]) == [b"1", b"2", b"3"]
+        assert cache.stats()["errors"] == stats["errors"]  # the new connections work at once
+        assert len(_warnings(caplog)) == 1 and len(_recoveries(caplog)) == 1
     finally:
         await cache.close()
 
 
-async def test_each_outage_logs_one_warning(start_redis, caplog):
+async def test_a_hung_redis_that_answers_again_is_reconnected(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, failure_threshold=1, probe_interval_s=0.05)
+    try:
+        await cache.set("k", b"v")
+        server.pause()
+        assert await cache.get("k") == b"v"
+        assert cache.state == "open"
+        await _wait_for(lambda: cache.stats()["probe_failures"] >= 2, "two probes timing out")
+        server.resume()
+        await _wait_for(lambda: cache.state == "closed", "the breaker to close")
+        errors = cache.stats()["errors"]
+        await cache.set("k2", b"w")
+        assert await cache.get("k2") == b"w"
+        assert cache.stats()["errors"] == errors
+        assert cache.stats()["writes"] == 2
+    finally:
+        await cache.close()
+
+
+async def test_each_outage_opens_and_closes_the_breaker_once(start_redis, caplog):
     caplog.set_level(logging.INFO, logger=CACHE_LOGGER)
     server = start_redis()
-    cache = RedisCache(server.url, retry_after_s=0.2)
+    cache = RedisCache(server.url, failure_threshold=1, probe_interval_s=0.05, **PATIENT)
     try:
         for outage in (1, 2):
             server.kill()
-            for _ in range(3):
-                assert await cache.get("k") is None
-                await asyncio.sleep(0.1)  # spans several retry windows: later probes fail quietly
-            assert len(_warnings(caplog)) == outage
+            for _ in range(20):
+                assert await cache.get(f"k{outage}") is None
+            failed = cache.stats()["probe_failures"]
+            await _wait_for(lambda f=failed: cache.stats()["probe_failures"] >= f + 2, "failing probes")
+            assert len(_warnings(caplog)) == outage  # failed probes are quiet
             server = start_redis(server.port)
-            await asyncio.sleep(0.25)
-            await cache.set("k", b"v")
-            assert await cache.get("k") == b"v"
-            assert cache.healthy
+            await _wait_for(lambda: cache.state == "closed", "the breaker to close")
+            await cache.set(f"k{outage}", b"v")
+            assert await cache.get(f"k{outage}") == b"v"
+        stats = cache.stats()
+        assert (stats["breaker_opens"], stats["breaker_closes"]) == (2, 2)
+        assert len(_recoveries(caplog)) == 2
     finally:
         await cache.close()
 
 
-async def test_a_hung_redis_times_out_quickly_and_is_then_skipped(start_redis, caplog):
-    caplog.set_level(logging.WARNING, logger=CACHE_LOGGER)
+async def test_refusals_from_a_reachable_redis_do_not_open_the_breaker(start_redis):
     server = start_redis()
-    cache = RedisCache(server.url, socket_timeout_s=0.1, retry_after_s=30)
+    cache = RedisCache(server.url, failure_threshold=1, probe_interval_s=NO_PROBE_S, **PATIENT)
+    raw = aioredis.Redis.from_url(server.url)
     try:
-        await cache.set("k", b"v")
-        server.process.send_signal(signal.SIGSTOP)  # accepts TCP but never answers
-        assert await cache.get("k") is None  # the socket timeout ends the wait: a miss, not a hang
-        assert cache.stats()["errors"] == 1
-        skipped = cache.stats()["skipped"]
-        assert await cache.get("k") is None
-        await cache.set("k", b"w")
-        # neither call waited on the stopped server: both were skipped without trying
-        assert cache.stats()["skipped"] == skipped + 2 and cache.stats()["errors"] == 1
-        assert len(_warnings(caplog)) == 1
+        await raw.set("k", b"v")
+        # Out of memory with no eviction: Redis refuses every write but still serves reads.
+        await raw.config_set("maxmemory-policy", "noeviction")
+        await raw.config_set("maxmemory", "1")
+        for i in range(5):
+            await cache.set(f"w:{i}", b"x")
+        assert cache.state == "closed"
+        assert await cache.get("k") == b"v"
+        stats = cache.stats()
+        assert (stats["errors"], stats["writes"], stats["breaker_opens"], stats["attempts"]) == (5, 0, 0, 6)
+        assert await cache.get("w:3") == b"x"  # refused by Redis, kept in-process
     finally:
-        server.process.send_signal(signal.SIGCONT)
+        await raw.aclose()
         await cache.close()
 
 
 async def test_unreachable_redis_at_start_never_fails_a_request(caplog):
     caplog.set_level(logging.WARNING, logger=CACHE_LOGGER)
-    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", retry_after_s=60)
+    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", probe_interval_s=NO_PROBE_S)
     try:
         assert await cache.get_many(["a", "b"]) == [None, None]
         await cache.set_many({"a": b"1"})
-        assert cache.stats()["misses"] == 2
-        assert cache.stats()["writes"] == 0
+        await cache.set_many({"b": b"2"})
+        assert cache.state == "open"
+        assert await cache.get_many(["a", "b"]) == [b"1", b"2"]
+        stats = cache.stats()
+        assert (stats["attempts"], stats["skipped"], stats["writes"]) == (3, 1, 0)
         assert len(_warnings(caplog)) == 1
     finally:
         await cache.close()
+
+
+async def test_closing_an_open_cache_ends_its_probe(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, failure_threshold=1, probe_interval_s=NO_PROBE_S)
+    server.kill()
+    await cache.get("k")
+    assert cache.state == "open"
+    assert [t for t in asyncio.all_tasks() if t.get_name() == PROBE_TASK and not t.done()]
+    await cache.close()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == PROBE_TASK and not t.done()]
+
+
+async def test_the_in_process_copy_is_bounded_by_its_size(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, fallback_max_bytes=100, probe_interval_s=NO_PROBE_S, **PATIENT)
+    try:
+        await cache.set_many({f"k{i}": bytes(40) for i in range(5)})
+        assert cache.stats()["fallback_bytes"] == 80 and cache.stats()["fallback_entries"] == 2
+        assert cache.stats()["writes"] == 5  # Redis has all of them
+    finally:
+        await cache.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"connect_timeout_s": 0}, "connect_timeout_s"),
+        ({"socket_timeout_s": -1}, "socket_timeout_s"),
+        ({"probe_interval_s": 0}, "probe_interval_s"),
+        ({"failure_threshold": 0}, "failure threshold"),
+    ],
+)
+def test_bad_breaker_settings_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        RedisCache("redis://127.0.0.1:6379/0", **kwargs)
 
 
 # --- construction -----------------------------------------------------------------------------------------
@@ -293,6 +462,30 @@ async def test_cache_from_url_picks_redis_only_when_a_url_is_set(redis_server):
     try:
         assert isinstance(cache, RedisCache)
         assert redis_server.url in cache.describe()
+    finally:
+        await cache.close()
+
+
+async def test_cache_from_settings_passes_the_breaker_settings(start_redis):
+    assert isinstance(cache_from_settings(ServiceSettings()), MemoryCache)
+    server = start_redis()
+    settings = ServiceSettings(
+        cache_url=server.url,
+        cache_memory_bytes=100,
+        cache_breaker_failures=2,
+        cache_probe_interval_s=3600,
+        cache_connect_timeout_s=5.0,
+        cache_socket_timeout_s=5.0,
+    )
+    cache = cache_from_settings(settings)
+    assert isinstance(cache, RedisCache)
+    try:
+        await cache.set_many({f"k{i}": bytes(40) for i in range(3)})
+        assert cache.stats()["fallback_bytes"] == 80  # cache_memory_bytes bounds the in-process copy
+        server.kill()
+        for _ in range(10):
+            await cache.get("k2")
+        assert cache.stats()["attempts"] == 1 + 2  # the write, then two failures open the breaker
     finally:
         await cache.close()
 

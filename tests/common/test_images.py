@@ -15,7 +15,7 @@ from PIL import Image
 
 from cir.common.v1 import common_pb2
 from cir_common.errors import InvalidArgument
-from cir_common.images import ImageLimits, content_hash, decode_image, resolve_image_source
+from cir_common.images import ImageLimits, content_hash, decode_image, probe_image, resolve_image_source
 
 LIMITS = ImageLimits()
 
@@ -416,3 +416,40 @@ def test_uri_image_round_trips_through_decode(roots):
     raw = resolve_image_source(_uri(f"file://{allowed}/img.png"), [allowed])
     decoded = decode_image(raw, LIMITS, label="images[0]")
     assert (decoded.width, decoded.height, decoded.content_sha256) == (10, 12, content_hash(data))
+
+
+# --- header probe (for the decoded-bytes budget) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "per_pixel"),
+    [
+        ("RGB", "PNG", 4),  # Pillow keeps RGB in four bytes a pixel; no copy
+        ("L", "PNG", 1 + 4),  # one byte a pixel, plus the RGB copy
+        ("RGBA", "PNG", 4 + 4 + 12),  # plus the RGBA copy, white canvas and composite
+        ("I;16", "PNG", 2 + 4 + 24),  # plus the numpy scratch of the 16-bit scaling
+    ],
+)
+def test_probe_estimates_the_decoded_size_from_the_header(mode, fmt, per_pixel):
+    img = _noise((40, 30), "RGB").convert(mode) if mode != "I;16" else Image.new("I;16", (40, 30), 300)
+    header = probe_image(_encode(img, fmt), LIMITS, label="images[0]")
+    assert (header.width, header.height, header.format) == (40, 30, fmt)
+    assert header.decoded_bytes == 40 * 30 * per_pixel
+
+
+def test_probe_reads_no_pixels_and_checks_what_decode_checks():
+    # A bomb's header alone (no pixel data) is sized, and refused past the pixel limit as decode_image does.
+    header = probe_image(_png_header_only(7000, 7000), LIMITS)
+    assert header.decoded_bytes == 7000 * 7000 * 4
+    with pytest.raises(InvalidArgument, match="too many pixels"):
+        probe_image(_png_header_only(7000, 7000), ImageLimits(max_pixels=1_000_000), label="images[2]")
+    with pytest.raises(InvalidArgument, match="not a recognised image format"):
+        probe_image(b"hello", LIMITS)
+
+
+def test_probe_counts_the_turned_copy_of_an_exif_rotated_photo():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: decode_image turns it, which copies the pixels
+    data = _encode(_noise((40, 30)), "JPEG", exif=exif.tobytes())
+    assert probe_image(data, LIMITS).decoded_bytes == 40 * 30 * (4 + 4)
+    assert probe_image(data, LIMITS, apply_exif_orientation=False).decoded_bytes == 40 * 30 * 4

@@ -391,8 +391,12 @@ def test_bad_search_inputs(stub, change, code, needle):
     assert needle in err.value.details()
 
 
-def test_a_deadline_shorter_than_the_pipeline_is_deadline_exceeded(stub, gallery):
-    request = search_request("shapes", "a deadline test", image=gallery / "ring-45.png", strategy="cvsi")
+def test_a_deadline_shorter_than_the_pipeline_is_deadline_exceeded(stub, gallery, tmp_path):
+    # A reference never seen before: from caches (every stage of a repeated search is cached) a whole search
+    # can answer inside 50 ms, while captioning and LLM generation on a new image cannot.
+    image = tmp_path / "never-seen.png"
+    _draw("triangle", (3, 141, 59), (26, 53, 58), (100, 90)).save(image)
+    request = search_request("shapes", "a deadline test never sent before", image=image, strategy="cvsi")
     with pytest.raises(grpc.RpcError) as err:
         stub.Search(request, timeout=0.05)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -407,7 +411,12 @@ def test_a_deadline_inside_the_llm_stage_leaves_no_generation_running(suite, stu
     search on a fresh reference (nothing cached), then sets the deadline of a search on another fresh
     reference to the captioning time plus a fraction of the LLM time, until the engine counts aborted
     generations.
+
+    The retriever runs without shedding here (CIR_RETRIEVER_SHED_BY_ESTIMATE=false): with it, an LLM stage
+    its deadline cannot cover by the recent durations is not started at all (test_degradations.py), while
+    this test needs one started and then cut, as happens when a stage runs slower than its estimate.
     """
+    _restart_retriever(suite, {"CIR_RETRIEVER_SHED_BY_ESTIMATE": "false"})
     channel = grpc.insecure_channel(f"127.0.0.1:{suite.ports['reasoner']}")
     reasoner = reasoner_pb2_grpc.ReasonerServiceStub(channel)
 
@@ -452,6 +461,19 @@ def test_a_deadline_inside_the_llm_stage_leaves_no_generation_running(suite, stu
         wait_quiet()
     finally:
         channel.close()
+        _restart_retriever(suite, {"CIR_RETRIEVER_SHED_BY_ESTIMATE": None})
+
+
+def _restart_retriever(suite: LocalSuite, env: dict[str, str | None]) -> None:
+    """Restarts the retriever with `env` changed (None removes a variable); callers' channels reconnect."""
+    for name, value in env.items():
+        if value is None:
+            suite.extra_env.pop(name, None)
+        else:
+            suite.extra_env[name] = value
+    suite.stop_service("retriever")
+    suite.start_service("retriever")
+    suite.wait_serving(120)
 
 
 def test_restarting_the_retriever_serves_the_same_results(suite, stub):

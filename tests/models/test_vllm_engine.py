@@ -37,7 +37,10 @@ def running(tiny_profile: dict[str, Any]) -> Iterator[Running]:
     # One loop for the module: the engine's output handler task lives on the loop of its first request.
     loop = asyncio.new_event_loop()
     reasoner = tiny_profile["reasoner"]
-    state = Running(start_vllm_engine(reasoner["model"], reasoner["max_model_len"], enforce_eager=True), loop)
+    # Started as the tiny pack's profile says (eager included), like the reasoner service starts it. No
+    # local variable holds the engine: this frame lives until teardown ends, after the gc.collect() there.
+    options = {"enforce_eager": reasoner["enforce_eager"]}
+    state = Running(start_vllm_engine(reasoner["model"], reasoner["max_model_len"], **options), loop)
     try:
         yield state
     finally:
@@ -93,6 +96,17 @@ async def _generate(engine: Any, prompt_ids: list[int], **sampling: Any) -> Any:
 
 def test_engine_uses_the_profile_context(running: Running, tiny_profile: dict[str, Any]) -> None:
     assert running.engine.vllm_config.model_config.max_model_len == tiny_profile["reasoner"]["max_model_len"]
+
+
+def test_the_tiny_profile_starts_the_cpu_engine_eager(running: Running, tiny_profile: dict[str, Any]) -> None:
+    """Not compiled: torch.compile on CPU took the engine over 300 s to start on a loaded 2-core machine."""
+    from vllm.config.compilation import CompilationMode, CUDAGraphMode
+
+    assert tiny_profile["reasoner"]["enforce_eager"] is True
+    config = running.engine.vllm_config
+    assert config.model_config.enforce_eager
+    assert config.compilation_config.mode == CompilationMode.NONE
+    assert config.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
 
 
 def test_generates_a_few_tokens_from_a_chat_prompt(running: Running, tiny_profile: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.profiles import settings_from_profile
 from support.server_thread import ServerThread
@@ -112,6 +114,29 @@ def start_reasoner(
     return RunningReasoner(
         server, servicer, channel, reasoner_pb2_grpc.ReasonerServiceStub(channel), (before, after)
     )
+
+
+def encode_threads(reasoner: RunningReasoner, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the thread of every prompt the backend's encoder tokenizes (chat template included)."""
+    encoder = reasoner.backend.encoder
+    threads: list[int] = []
+    original = encoder.encode
+
+    def encode(prompt: str) -> list[int]:
+        threads.append(threading.get_ident())
+        return original(prompt)
+
+    monkeypatch.setattr(encoder, "encode", encode)
+    return threads
+
+
+def loop_thread(reasoner: RunningReasoner) -> int:
+    """The thread of the server's event loop (where its handlers and health checks run)."""
+
+    async def ident() -> int:
+        return threading.get_ident()
+
+    return int(reasoner.server.call(ident()))
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from reasoner_support import (
     PARSED_OR_EMPTY,
     RunningReasoner,
     edit_request,
+    encode_threads,
+    loop_thread,
     reasoner_settings,
     sampling,
     start_reasoner,
@@ -199,6 +202,69 @@ def test_bad_requests_are_refused_with_a_message_that_says_what_to_fix(
         reasoner.stub.EditCaptions(request_)
     assert caught.value.code() == getattr(grpc.StatusCode, code)
     assert message in caught.value.details()
+
+
+def test_prompts_are_tokenized_off_the_event_loop(
+    reasoner: RunningReasoner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = encode_threads(reasoner, monkeypatch)
+    reasoner.stub.EditCaptions(edit_request(CAPTIONS[:3], bypass_cache=True))
+    reasoner.stub.EditCaptions(edit_request(mode=JOINED, bypass_cache=True))
+    reasoner.stub.InferAddedObjects(
+        reasoner_pb2.InferAddedObjectsRequest(
+            captions=CAPTIONS[:2], instruction=INSTRUCTION, sampling=sampling(), bypass_cache=True
+        )
+    )
+    assert len(threads) >= 3 + 1 + 1
+    # Tokenizing on the loop would hold every other call of the process meanwhile, health checks included.
+    assert loop_thread(reasoner) not in threads
+
+
+LIMIT = 4096  # CIR_REASONER_MAX_TEXT_CHARS's default, which the fixture keeps
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (edit_request(["a dog", "x" * (LIMIT + 1)]), f"captions[1] has {LIMIT + 1} characters"),
+        (edit_request(["a dog", " " * (LIMIT + 1)]), f"captions[1] has {LIMIT + 1} characters"),
+        (edit_request(instruction="make it red " * 100_000), "instruction has 1200000 characters"),
+        (edit_request(sampling=sampling(stop=["\n\n", "y" * 5000])), "sampling.stop[1] has 5000 characters"),
+    ],
+    ids=["caption", "blank-caption", "megabyte-instruction", "stop-string"],
+)
+def test_texts_over_the_length_limit_are_refused_before_any_tokenizing(
+    reasoner: RunningReasoner,
+    monkeypatch: pytest.MonkeyPatch,
+    request_: reasoner_pb2.EditCaptionsRequest,
+    message: str,
+) -> None:
+    threads = encode_threads(reasoner, monkeypatch)
+    with pytest.raises(grpc.RpcError) as caught:
+        reasoner.stub.EditCaptions(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{message}, over the limit of {LIMIT} (CIR_REASONER_MAX_TEXT_CHARS)" in caught.value.details()
+    assert threads == []
+
+
+def test_texts_at_the_length_limit_are_answered(reasoner: RunningReasoner) -> None:
+    words = itertools.cycle(INSTRUCTION.split())
+    text = ""
+    while len(text) < LIMIT:
+        text += next(words) + " "
+    caption, instruction = text[:LIMIT], text[:LIMIT]
+    response = reasoner.stub.EditCaptions(
+        edit_request([caption, CAPTIONS[0]], instruction=instruction, bypass_cache=True)
+    )
+    assert (response.captions_used, len(response.edits)) == (2, 2)
+
+
+def test_an_unknown_template_name_is_echoed_cut(reasoner: RunningReasoner) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        reasoner.stub.EditCaptions(edit_request(template="t" * 100_000))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert f"unknown prompt template '{'t' * 80}...'" in caught.value.details()
+    assert len(caught.value.details()) < 1000
 
 
 def test_templates_over_grpc_builtins_and_a_user_file(reasoner: RunningReasoner) -> None:

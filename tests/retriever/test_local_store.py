@@ -563,3 +563,15 @@ def test_top_k_of_a_large_batch_splits_across_threads_and_agrees():
         np.testing.assert_array_equal(rows, expected)
         np.testing.assert_array_equal(values, np.take_along_axis(scores, expected, axis=1))
     assert top_k(scores, 50)[0][0].tolist() == list(range(1000, 1050))
+
+
+@pytest.mark.parametrize("name", ["../victim", "long " * 100, "a/b", ""])
+def test_dropping_a_name_that_is_no_collection_name_touches_no_folder(tmp_path, name):
+    # The fuzzer found drop() turning any string into a path under the root and removing it recursively.
+    victim = tmp_path / "victim"
+    GalleryStore(victim).create("kept", CollectionSettings())
+    (victim / "gallery.sqlite").write_bytes(b"")  # would make "../victim" look like a collection
+    store = GalleryStore(tmp_path / "root")
+    with pytest.raises(InvalidArgument):
+        store.drop(name)
+    assert (victim / "kept").is_dir() and (victim / "gallery.sqlite").exists()

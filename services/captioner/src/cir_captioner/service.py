@@ -24,10 +24,16 @@ from cir_captioner.decoding import (
 from cir_captioner.engine import CaptionEngine
 from cir_captioner.settings import ENV_PREFIX, CaptionerSettings
 from cir_common.batching import MicroBatcher
-from cir_common.cache import Cache, cache_from_url, cache_key, pack_json, unpack_json
+from cir_common.cache import Cache, cache_from_settings, cache_key, pack_json, unpack_json
 from cir_common.errors import ConfigError, InvalidArgument, Unavailable
 from cir_common.memo import get_or_compute
-from cir_common.service_kit import StageTimer, decode_request_images, require_items
+from cir_common.service_kit import (
+    StageTimer,
+    decode_budget,
+    decoded_request_images,
+    pending_items_limit,
+    require_items,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +97,8 @@ class CaptionerServicer(captioner_pb2_grpc.CaptionerServiceServicer):
         self.limits = limits_from_settings(settings)
         self.default_params = resolve_decoding(DecodingOverrides(), 0, self.defaults, self.limits)
         self.settings = settings
-        self.cache = cache or cache_from_url(settings.cache_url or None, settings.cache_memory_bytes)
+        self.cache = cache or cache_from_settings(settings)
+        self.decode_budget = decode_budget(settings, ENV_PREFIX)
         self._engine: CaptionEngine | None = None
         self._batcher: MicroBatcher[DecodingParams, Image.Image, list[str]] | None = None
 
@@ -113,6 +120,10 @@ class CaptionerServicer(captioner_pb2_grpc.CaptionerServiceServicer):
             max_batch_size=self.settings.batch_max_images,
             window_s=self.settings.batch_window_ms / 1000.0,
             name="captions",
+            max_pending_items=pending_items_limit(
+                self.settings, self.settings.batch_max_images, self.settings.max_images_per_request
+            ),
+            limit_setting=f"{ENV_PREFIX}MAX_PENDING_BATCH_ITEMS",
         )
         self._engine = engine
         log.info(
@@ -169,20 +180,22 @@ class CaptionerServicer(captioner_pb2_grpc.CaptionerServiceServicer):
         )
         engine = self.engine
         timer = StageTimer()
-        with timer.stage("decode"):
-            decoded = await decode_request_images(request.images, self.settings)
-        cache_params = self._cache_params(params)
-        keys = [cache_key(CACHE_KIND, engine.identity, cache_params, d.content_sha256) for d in decoded]
-        assert self._batcher is not None
-        batcher = self._batcher
+        # The decoded pixels count against the process's budget until the model has run on them.
+        async with decoded_request_images(
+            request.images, self.settings, self.decode_budget, timer=timer
+        ) as decoded:
+            cache_params = self._cache_params(params)
+            keys = [cache_key(CACHE_KIND, engine.identity, cache_params, d.content_sha256) for d in decoded]
+            assert self._batcher is not None
+            batcher = self._batcher
 
-        async def compute(indices: list[int]) -> list[bytes]:
-            with timer.stage("generate"):
-                captions = await batcher.submit(params, [decoded[i].image for i in indices])
-            return [pack_json(c) for c in captions]
+            async def compute(indices: list[int]) -> list[bytes]:
+                with timer.stage("generate"):
+                    captions = await batcher.submit(params, [decoded[i].image for i in indices])
+                return [pack_json(c) for c in captions]
 
-        # Unseeded requests are cached too: the first sample is pinned, so a gallery's captions stay stable.
-        memo = await get_or_compute(self.cache, keys, compute, bypass=request.bypass_cache)
+            # Unseeded requests are cached too: the first sample is pinned, so a gallery's captions stay put.
+            memo = await get_or_compute(self.cache, keys, compute, bypass=request.bypass_cache)
         return captioner_pb2.GenerateCaptionsResponse(
             results=[
                 captioner_pb2.ImageCaptions(captions=unpack_json(value), cache_hit=hit)

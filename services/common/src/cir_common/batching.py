@@ -10,6 +10,10 @@ leaving the worker idle between small ones. Each caller gets exactly its own res
 One item's failure is that item's alone: when a batch raises, its halves are run again (recursively,
 down to single items), so the callers whose items work get their results and only the failing item's
 caller gets the error. One bad item among n costs about 2 log2(n) extra model calls.
+
+With `max_pending_items`, the items waiting for the model are bounded: a submit that would pass the bound
+raises ResourceExhausted at once (with a retry hint), so a burst turns into quick refusals that a client can
+retry elsewhere instead of an ever longer queue whose callers all run out of time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from cir_common.admission import MeanDuration, retry_after_ms
+from cir_common.errors import ResourceExhausted
 
 KeyT = TypeVar("KeyT", bound=Hashable)
 ItemT = TypeVar("ItemT")
@@ -42,6 +49,8 @@ class BatchStats:
     # batches that raised and were split to find the failing items, and the items that failed alone
     split_batches: int = 0
     failed_items: int = 0
+    # submits refused because max_pending_items were already waiting
+    rejected_submits: int = 0
 
 
 class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
@@ -52,22 +61,40 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
         max_batch_size: int,
         window_s: float,
         name: str = "model",
+        max_pending_items: int | None = None,
+        limit_setting: str = "max_pending_items",
     ) -> None:
+        """`max_pending_items` (None: no bound) caps the items waiting for the model, over all keys;
+        `limit_setting` names the setting behind it in the refusal, so an operator knows what to raise."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if max_pending_items is not None and max_pending_items < 1:
+            raise ValueError("max_pending_items must be at least 1")
         self._run_batch = run_batch
         self._max = max_batch_size
         self._window_s = window_s
         self._pending: dict[KeyT, _Pending[ItemT]] = {}
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._name = name
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{name}-batch"
         )
+        self._max_pending = max_pending_items
+        self._limit_setting = limit_setting
+        self._batch_time = MeanDuration()
         self.stats = BatchStats()
 
+    @property
+    def pending_items(self) -> int:
+        """Items waiting for the model (not counting the batch running now)."""
+        return sum(len(pending.items) for pending in self._pending.values())
+
     async def submit(self, key: KeyT, items: Sequence[ItemT]) -> list[ResultT]:
-        """Runs `items` (possibly together with other callers' items) and returns their results."""
+        """Runs `items` (possibly together with other callers' items) and returns their results.
+
+        Raises ResourceExhausted at once when that would put more than `max_pending_items` in waiting."""
+        self._check_room(len(items))
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._wakeup = asyncio.Event()
@@ -81,6 +108,25 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
         assert self._wakeup is not None
         self._wakeup.set()
         return list(await asyncio.gather(*futures))
+
+    def _check_room(self, count: int) -> None:
+        if self._max_pending is None:
+            return
+        if self.pending_items + count > self._max_pending:
+            self._drop_abandoned()  # callers that gave up hold no room
+        pending = self.pending_items
+        if pending + count <= self._max_pending:
+            return
+        self.stats.rejected_submits += 1
+        batches_ahead = -(-pending // self._max)
+        # A request larger than the whole queue never fits: no retry hint for it.
+        hint = None if count > self._max_pending else self._batch_time.seconds * max(batches_ahead, 1)
+        raise ResourceExhausted(
+            f"the {self._name} queue is full: {pending} items wait for the model and this request adds "
+            f"{count}, over the limit of {self._max_pending} ({self._limit_setting}); retry after the delay "
+            "in the x-cir-retry-after-ms trailer, or send fewer items per request",
+            retry_after_ms=None if hint is None else retry_after_ms(hint),
+        )
 
     def close(self) -> None:
         if self._worker is not None:
@@ -134,7 +180,9 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
         self.stats.batches += 1
         self.stats.items += len(items)
         self.stats.largest_batch = max(self.stats.largest_batch, len(items))
+        started = time.monotonic()
         await self._run_isolating_failures(key, items, futures)
+        self._batch_time.observe(time.monotonic() - started)
 
     async def _run_isolating_failures(
         self, key: KeyT, items: list[ItemT], futures: list[asyncio.Future[Any]]

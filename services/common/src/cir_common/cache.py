@@ -1,8 +1,11 @@
 """The shared result cache: Redis when configured, else an in-process LRU.
 
-The cache is an optimisation. Losing it loses nothing, so a Redis outage never fails a request: reads
-become misses and writes are dropped. After a failure Redis is left alone for `retry_after_s`, so an
-outage costs one timeout, not one per request.
+The cache is an optimisation. Losing it loses nothing, so a Redis outage never fails a request, and it must
+not cost throughput either: a miss means recomputing captions, LLM answers and embeddings, so an outage that
+turned every lookup into a miss would be a throughput outage. Every Redis call is bounded by short connect
+and socket timeouts; a circuit breaker stops calling Redis after a few failures and probes it in the
+background; meanwhile an in-process LRU, kept warm with what went through Redis, serves reads and takes
+writes. When a probe gets an answer the cache reconnects by itself (see `RedisCache`).
 
 Keys carry everything that determines the value (see `cache_key`); values are bytes, usually packed
 float32 vectors (`pack_f32`, shared with the proto `Vector` field) or compact JSON (`pack_json`).
@@ -11,6 +14,7 @@ float32 vectors (`pack_f32`, shared with the proto `Vector` field) or compact JS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import json
@@ -26,9 +30,10 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from cir_common.config import ServiceSettings
 from cir_common.errors import ConfigError
 from cir_common.vectors import pack_f32, pack_f32_matrix, unpack_f32, unpack_f32_matrix
 
@@ -37,6 +42,7 @@ __all__ = [
     "Cache",
     "MemoryCache",
     "RedisCache",
+    "cache_from_settings",
     "cache_from_url",
     "cache_key",
     "pack_f32",
@@ -170,56 +176,138 @@ class MemoryCache:
 # redis-py's wrapping; TimeoutError is our own whole-operation deadline.
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
+# Defaults of the fail-fast settings (ServiceSettings.cache_* carry the same values).
+DEFAULT_CONNECT_TIMEOUT_S = 0.25
+DEFAULT_SOCKET_TIMEOUT_S = 0.5
+DEFAULT_BREAKER_FAILURES = 3
+DEFAULT_PROBE_INTERVAL_S = 2.0
+DEFAULT_FALLBACK_BYTES = 256 * 1024 * 1024
+PROBE_TASK_NAME = "cir-cache-probe"
+# A Redis that refuses calls (e.g. writes when out of memory) refuses every one: say so once in a while.
+_REFUSAL_LOG_EVERY_S = 60.0
+
 
 class RedisCache:
-    """Redis-backed cache that degrades to "always miss" while Redis is unreachable."""
+    """Redis-backed cache with a circuit breaker and an in-process LRU that serves while Redis is down.
+
+    Closed (normal): every call goes to Redis; what Redis returns and everything written is also kept in
+    the in-process LRU (`fallback_max_bytes`), so an outage starts with the hot entries at hand. A Redis
+    miss is looked up there too (values written during an outage live only there). After
+    `failure_threshold` consecutive failed calls (each bounded by the connect and socket timeouts) the
+    breaker opens: no call touches Redis any more, reads and writes use the LRU alone, and one background
+    task PINGs Redis on a fresh connection every `probe_interval_s`. When a PING succeeds the breaker
+    closes on a new connection pool (the old connections are from before the outage, dead or stale).
+    """
 
     def __init__(
         self,
         url: str,
         *,
-        socket_timeout_s: float = 0.25,
-        retry_after_s: float = 5.0,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+        failure_threshold: int = DEFAULT_BREAKER_FAILURES,
+        probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+        fallback_max_bytes: int = DEFAULT_FALLBACK_BYTES,
         default_ttl_s: int | None = None,
     ) -> None:
         _check_ttl(default_ttl_s)
+        for name, value in (
+            ("connect_timeout_s", connect_timeout_s),
+            ("socket_timeout_s", socket_timeout_s),
+            ("probe_interval_s", probe_interval_s),
+        ):
+            if not value > 0:
+                raise ConfigError(f"cache {name} must be a positive number of seconds, got {value}")
+        if failure_threshold < 1:
+            raise ConfigError(f"cache breaker failure threshold must be at least 1, got {failure_threshold}")
         self._url = url
-        self._retry_after_s = retry_after_s
+        self._connect_timeout_s = connect_timeout_s
+        self._socket_timeout_s = socket_timeout_s
+        self._failure_threshold = failure_threshold
+        self._probe_interval_s = probe_interval_s
         self._default_ttl_s = default_ttl_s
-        # One op may need a connect and a command round trip; past this the op counts as failed.
-        self._op_timeout_s = 2 * socket_timeout_s
+        # One call may need a connect and a command round trip; past this it counts as failed, whatever
+        # redis-py is doing (a pipeline reads one reply per command, each with its own socket timeout).
+        self._op_timeout_s = connect_timeout_s + socket_timeout_s
+        self._client = self._new_client()
+        self._fallback = MemoryCache(fallback_max_bytes)
+        self._open = False
+        self._opened_at = 0.0
+        # Bumped at every open and close: a call that began before the last transition reports to a
+        # breaker state that no longer exists, and must neither trip it nor count towards tripping it.
+        self._generation = 0
+        self._consecutive_failures = 0
+        self._probe_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._hits = 0
+        self._misses = 0
+        self._fallback_hits = 0
+        self._errors = 0
+        self._skipped = 0
+        self._writes = 0
+        self._attempts = 0
+        self._probes = 0
+        self._probe_failures = 0
+        self._opens = 0
+        self._closes = 0
+        self._skipped_at_open = 0
+        self._probes_at_open = 0
+        self._next_refusal_log = 0.0
+
+    def _new_client(self, *, single_connection: bool = False) -> aioredis.Redis:
         try:
-            self._client = aioredis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout_s,
-                socket_connect_timeout=socket_timeout_s,
+            return aioredis.Redis.from_url(
+                self._url,
+                socket_timeout=self._socket_timeout_s,
+                socket_connect_timeout=self._connect_timeout_s,
                 # redis-py retries with backoff by default; for a cache a miss beats waiting.
                 retry=Retry(NoBackoff(), 0),
+                # RESP2 and no CLIENT SETINFO: a new connection sends its command at once instead of first
+                # waiting on two handshake round trips (HELLO, SETINFO), each another chance to hang.
+                protocol=2,
+                driver_info=None,
+                single_connection_client=single_connection,
             )
         except ValueError as exc:
             raise ConfigError(
                 f"cache URL {self.describe()!r} is invalid ({exc}); use redis://host:port/db"
             ) from exc
-        self._healthy = True
-        self._retry_at = 0.0
-        self._hits = 0
-        self._misses = 0
-        self._errors = 0
-        self._skipped = 0
-        self._writes = 0
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        """False while the breaker is open (Redis is left alone and the in-process LRU serves)."""
+        return not self._open
+
+    @property
+    def state(self) -> str:
+        """The breaker: "closed" (Redis in use) or "open" (Redis left alone, probed in the background)."""
+        return "open" if self._open else "closed"
 
     def stats(self) -> dict[str, int]:
-        """Counters since start: keys hit/missed/written, failed Redis calls, calls skipped in an outage."""
+        """Counters since start (names are stable: metrics are built on them).
+
+        hits / misses: keys found (in Redis or the in-process LRU) / found nowhere; fallback_hits: the hits
+        served by the in-process LRU. attempts: calls sent to Redis (probes apart); errors: those that
+        failed; skipped: calls not sent because the breaker was open; writes: keys written to Redis.
+        probes / probe_failures: background PINGs while open. breaker_opens / breaker_closes: transitions;
+        breaker_open: 1 while open. fallback_entries / fallback_bytes: what the in-process LRU holds.
+        """
+        fallback = self._fallback.stats()
         return {
             "hits": self._hits,
             "misses": self._misses,
+            "fallback_hits": self._fallback_hits,
             "errors": self._errors,
             "skipped": self._skipped,
             "writes": self._writes,
+            "attempts": self._attempts,
+            "probes": self._probes,
+            "probe_failures": self._probe_failures,
+            "breaker_opens": self._opens,
+            "breaker_closes": self._closes,
+            "breaker_open": int(self._open),
+            "fallback_entries": fallback["entries"],
+            "fallback_bytes": fallback["bytes"],
         }
 
     def describe(self) -> str:
@@ -233,29 +321,54 @@ class RedisCache:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values = await self._guarded(lambda: self._client.mget(list(keys)))
+        keys = list(keys)
+        values: list[bytes | None] | None = None
+        if self._open:
+            self._skipped += 1
+        else:
+            client = self._client
+            found = await self._attempt(lambda: client.mget(keys))
+            if found is not None:
+                values = list(found)
+                hits = {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+                if hits:
+                    # Kept for the next outage. Redis's TTL is not read back: the default one applies.
+                    await self._fallback.set_many(hits, self._default_ttl_s)
         if values is None:
-            self._misses += len(keys)
-            return [None] * len(keys)
-        hits = sum(v is not None for v in values)
-        self._hits += hits
-        self._misses += len(keys) - hits
-        return list(values)
+            values = [None] * len(keys)
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            local = await self._fallback.get_many([keys[i] for i in missing])
+            for i, value in zip(missing, local, strict=True):
+                if value is not None:
+                    values[i] = value
+                    self._fallback_hits += 1
+        hits_count = sum(v is not None for v in values)
+        self._hits += hits_count
+        self._misses += len(keys) - hits_count
+        return values
 
     async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> None:
         _check_ttl(ttl_s)
         if not items:
             return
         ttl = ttl_s if ttl_s is not None else self._default_ttl_s
+        items = dict(items)
+        # Always kept in-process too: served during an outage, and after one until Redis has it again.
+        await self._fallback.set_many(items, ttl)
+        if self._open:
+            self._skipped += 1
+            return
+        client = self._client
 
         async def write() -> bool:
-            async with self._client.pipeline(transaction=False) as pipe:
+            async with client.pipeline(transaction=False) as pipe:
                 for key, value in items.items():
                     pipe.set(key, value, ex=ttl)
                 await pipe.execute()
             return True
 
-        if await self._guarded(write):
+        if await self._attempt(write):
             self._writes += len(items)
 
     async def get(self, key: str) -> bytes | None:
@@ -265,59 +378,148 @@ class RedisCache:
         await self.set_many({key: value}, ttl_s)
 
     async def close(self) -> None:
-        try:
-            await self._client.aclose()
-        except _REDIS_FAILURES as exc:
-            log.debug("closing %s: %s", self.describe(), exc)
+        self._closed = True
+        task, self._probe_task = self._probe_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close_client(self._client)
+        await self._fallback.close()
 
-    async def _guarded(self, op: Callable[[], Awaitable[T]]) -> T | None:
-        """Run `op` against Redis; None when Redis is (or just turned out to be) unavailable."""
-        probe = False
-        if not self._healthy:
-            now = time.monotonic()
-            if now < self._retry_at:
-                self._skipped += 1
-                return None
-            # This call is the probe; concurrent calls keep skipping until it reports back.
-            self._retry_at = now + self._retry_after_s
-            probe = True
+    async def _close_client(self, client: aioredis.Redis) -> None:
+        try:
+            # Closing a connection to a hung server must not hang either.
+            async with asyncio.timeout(self._op_timeout_s):
+                await client.aclose()
+        except _REDIS_FAILURES as exc:
+            log.debug("closing a client of %s: %s", self.describe(), exc)
+
+    async def _attempt(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """Run `op` against Redis; None when it failed (the failure counts towards opening the breaker)."""
+        generation = self._generation
+        self._attempts += 1
         try:
             async with asyncio.timeout(self._op_timeout_s):
                 result = await op()
+        except ResponseError as exc:
+            # Redis answered, with a refusal (e.g. out of memory for writes): it is reachable, so this is
+            # no reason to stop reading from it.
+            self._errors += 1
+            now = time.monotonic()
+            if now >= self._next_refusal_log:
+                self._next_refusal_log = now + _REFUSAL_LOG_EVERY_S
+                log.warning("cache call refused by %s: %s", self.describe(), exc)
+            return None
         except _REDIS_FAILURES as exc:
             self._errors += 1
-            self._retry_at = time.monotonic() + self._retry_after_s
-            reason = str(exc) or type(exc).__name__
-            if self._healthy:
-                self._healthy = False
-                log.warning(
-                    "cache unavailable, continuing without cache: %s: %s (retrying in %.1f s)",
-                    self.describe(),
-                    reason,
-                    self._retry_after_s,
-                )
-            else:
-                log.debug("cache still unavailable: %s: %s", self.describe(), reason)
+            self._failed(generation, str(exc) or type(exc).__name__)
             return None
-        # Only a probe may end an outage: a call begun before the outage can still finish on an old
-        # connection, and counting it would make the warnings flap.
-        if probe and not self._healthy:
-            self._healthy = True
-            log.info("cache available again: %s", self.describe())
+        if generation == self._generation:
+            self._consecutive_failures = 0
         return result
+
+    def _failed(self, generation: int, reason: str) -> None:
+        if generation != self._generation or self._open:
+            log.debug("cache call begun before the last breaker change failed: %s", reason)
+            return
+        self._consecutive_failures += 1
+        if self._consecutive_failures < self._failure_threshold:
+            log.debug("cache call failed (%d in a row): %s", self._consecutive_failures, reason)
+            return
+        self._open = True
+        self._generation += 1
+        self._opens += 1
+        self._opened_at = time.monotonic()
+        self._skipped_at_open = self._skipped
+        self._probes_at_open = self._probes
+        log.warning(
+            "cache unavailable, serving from the in-process cache: %s: %s (probing every %g s)",
+            self.describe(),
+            reason,
+            self._probe_interval_s,
+        )
+        if not self._closed:
+            self._probe_task = asyncio.get_running_loop().create_task(
+                self._probe_until_back(), name=PROBE_TASK_NAME
+            )
+
+    async def _probe_until_back(self) -> None:
+        """While open: PING on a fresh connection every probe_interval_s; close the breaker on an answer."""
+        while True:
+            await asyncio.sleep(self._probe_interval_s)
+            self._probes += 1
+            if await self._ping():
+                break
+            self._probe_failures += 1
+        # Requests go on over a new pool: the old one's connections date from before the outage (dead
+        # sockets after a crash, or ones that waited on a hung server).
+        old, self._client = self._client, self._new_client()
+        self._open = False
+        self._generation += 1
+        self._closes += 1
+        self._consecutive_failures = 0
+        self._probe_task = None
+        log.info(
+            "cache available again: %s after %.1f s (%d calls served in-process meanwhile, %d probes)",
+            self.describe(),
+            time.monotonic() - self._opened_at,
+            self._skipped - self._skipped_at_open,
+            self._probes - self._probes_at_open,
+        )
+        await self._close_client(old)
+
+    async def _ping(self) -> bool:
+        probe = self._new_client(single_connection=True)
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                return bool(await probe.ping())
+        except _REDIS_FAILURES as exc:
+            log.debug("cache probe failed: %s: %s", self.describe(), str(exc) or type(exc).__name__)
+            return False
+        except Exception:
+            # A bug, not an outage; but a probe task that died would leave the breaker open for good.
+            log.exception("cache probe of %s raised; probing goes on", self.describe())
+            return False
+        finally:
+            await self._close_client(probe)
 
 
 def cache_from_url(
     url: str | None,
     memory_max_bytes: int,
     *,
-    socket_timeout_s: float = 0.25,
-    retry_after_s: float = 5.0,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+    breaker_failures: int = DEFAULT_BREAKER_FAILURES,
+    probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
 ) -> Cache:
-    """Redis when `url` is set (non-empty), else an in-process LRU of `memory_max_bytes`."""
+    """Redis when `url` is set (non-empty), else an in-process LRU of `memory_max_bytes`.
+
+    With Redis, an in-process LRU of `memory_max_bytes` still serves while Redis is unreachable.
+    """
     if url:
-        return RedisCache(url, socket_timeout_s=socket_timeout_s, retry_after_s=retry_after_s)
+        return RedisCache(
+            url,
+            connect_timeout_s=connect_timeout_s,
+            socket_timeout_s=socket_timeout_s,
+            failure_threshold=breaker_failures,
+            probe_interval_s=probe_interval_s,
+            fallback_max_bytes=memory_max_bytes,
+        )
     return MemoryCache(memory_max_bytes)
+
+
+def cache_from_settings(settings: ServiceSettings) -> Cache:
+    """The cache a service's settings describe (cache_url, cache_memory_bytes and the cache_* timeouts)."""
+    return cache_from_url(
+        settings.cache_url or None,
+        settings.cache_memory_bytes,
+        connect_timeout_s=settings.cache_connect_timeout_s,
+        socket_timeout_s=settings.cache_socket_timeout_s,
+        breaker_failures=settings.cache_breaker_failures,
+        probe_interval_s=settings.cache_probe_interval_s,
+    )
 
 
 def _short_hash(text: str) -> str:

@@ -51,6 +51,29 @@ class ServiceSettings:
     # Once SERVING, how often a service that depends on a backend (the retriever's gallery store) checks it;
     # health turns NOT_SERVING while the check fails and SERVING again when it passes.
     health_check_interval_s: float = 5.0
+    # Admission control on every RPC but health and reflection: calls running at once. Model work is batched
+    # behind this, so more calls than a full batch (64 is the encoder's batch_max_size) add no throughput.
+    max_concurrent_rpcs: int = 64
+    # Calls waiting for a slot (FIFO, until their deadline); past it a call gets RESOURCE_EXHAUSTED at once
+    # with a retry hint. Twice max_concurrent_rpcs absorbs a burst without letting latency grow unbounded.
+    max_queued_rpcs: int = 128
+    # Process-wide budget of decoded pixels in memory, estimated from image headers before decoding (a 7000 x
+    # 7000 PNG of 47 KB takes about 196 MB decoded). 1 GiB holds five of those, or twenty 12-megapixel photos.
+    max_decoded_image_bytes: int = 1024 * MIB
+    # How long a request waits for room in that budget before RESOURCE_EXHAUSTED (its deadline also ends it).
+    max_decoded_image_wait_s: float = 5.0
+    # Items waiting for the model in each micro-batcher (encoder, captioner); past it RESOURCE_EXHAUSTED at
+    # once. 0 = eight batches' worth (and at least one largest request): more only adds latency.
+    max_pending_batch_items: int = 0
+    # Redis cache, fail fast (cir_common.cache.RedisCache): each call is bounded by these timeouts, so a hung
+    # Redis costs a fraction of a second, not a request's deadline; a loaded event loop can stall ~0.3 s.
+    cache_connect_timeout_s: float = 0.25
+    cache_socket_timeout_s: float = 0.5
+    # Failed calls in a row that open the breaker: no Redis call at all then, the in-process LRU serves.
+    # More than one, so one stall of a busy event loop does not take Redis out of use.
+    cache_breaker_failures: int = 3
+    # While open, one background PING this often; the breaker closes (on fresh connections) when it answers.
+    cache_probe_interval_s: float = 2.0
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cir.retriever.v1 import retriever_pb2
-from cir_common.local_suite import LocalSuite
+from cir_common.local_suite import STARTUP_TIMEOUT_ENV, LocalSuite, startup_timeout_s
 from cir_common.retriever_client import (
     connect,
     enum_label,
@@ -58,10 +58,16 @@ def run_demo(out: Path, profile: Path | None, gallery: Path = SAMPLE_GALLERY, to
         print("no profile given: building the tiny model pack (random weights) ...", flush=True)
         profile = build_tiny_pack(out / "tiny-pack", echo=None)
     random_weights = profile.read_text(encoding="utf-8").startswith(PROFILE_HEADER)
-    print(f"starting the suite with {profile} (logs in {out / 'suite'}) ...", flush=True)
+    limit = startup_timeout_s()
+    print(
+        f"starting the suite with {profile} (logs in {out / 'suite'}; start-up limit {limit:g} s, "
+        f"{STARTUP_TIMEOUT_ENV}) ...",
+        flush=True,
+    )
     suite = LocalSuite(profile=profile, workdir=out / "suite")
     started = time.perf_counter()
-    suite.start()
+    # Prints which services are still starting every 15 s: model loading takes minutes on a busy machine.
+    suite.start(timeout_s=limit)
     print(
         f"suite SERVING after {time.perf_counter() - started:.1f} s; retriever at {suite.retriever_address}"
     )

@@ -13,6 +13,9 @@ class CirError(Exception):
     """Base of every error a service reports to its caller."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # When set, the server sends it as a retry hint in the trailers (x-cir-retry-after-ms, and
+    # grpc-retry-pushback-ms, which gRPC clients with a retry policy wait for before retrying).
+    retry_after_ms: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -28,7 +31,13 @@ class NotFound(CirError):
 
 
 class ResourceExhausted(CirError):
+    """A limit of the server; with `retry_after_ms` a temporary one (busy), which a retry may pass."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class FailedPrecondition(CirError):

@@ -7,13 +7,17 @@ decoded, and every failure becomes an InvalidArgument that names the item and sa
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import io
 import os
 import re
 import stat
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -22,7 +26,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cir.common.v1 import common_pb2
-from cir_common.errors import InvalidArgument
+from cir_common.admission import FairSemaphore, MeanDuration, retry_after_ms, to_thread_to_completion
+from cir_common.errors import InvalidArgument, ResourceExhausted
 
 MIB = 1024 * 1024
 
@@ -64,6 +69,59 @@ def decode_image(
     the way a viewer would show it (phone photos store the rotation only in EXIF).
     Safe to call from several threads at once: nothing global is changed.
     """
+    img = _open_checked(data, limits, label)
+    fmt = img.format or "unknown"
+    try:
+        img.load()
+        if apply_exif_orientation:
+            img = _oriented(img)
+        rgb = _to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        raise _bomb_error(label, limits, str(exc)) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's plugins raise many types; here all of them mean bad input
+        raise InvalidArgument(
+            f"{label} is a truncated or corrupt {fmt} image ({type(exc).__name__}: {exc}); "
+            "send the complete file, or re-save it as PNG or JPEG"
+        ) from exc
+    return DecodedImage(
+        image=rgb, content_sha256=content_hash(data), width=rgb.width, height=rgb.height, format=fmt
+    )
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header tells before any pixel is decoded."""
+
+    width: int
+    height: int
+    format: str  # Pillow's name, e.g. "PNG"
+    mode: str  # Pillow's pixel mode of the decode, e.g. "RGB", "P", "I;16"
+    # Estimated peak memory of `decode_image` on it: the decoded pixels plus the RGB copy and scratch.
+    decoded_bytes: int
+
+
+def probe_image(
+    data: bytes, limits: ImageLimits, *, label: str = "image", apply_exif_orientation: bool = True
+) -> ImageHeader:
+    """Reads the header only (cheap, no pixels) and checks it as `decode_image` would (same errors).
+
+    Its `decoded_bytes` is what to reserve in a `DecodeBudget` before decoding. Blocking (it parses the
+    header, and EXIF for the orientation): call it through `asyncio.to_thread` from async code.
+    """
+    img = _open_checked(data, limits, label)
+    return ImageHeader(
+        width=img.width,
+        height=img.height,
+        format=img.format or "unknown",
+        mode=img.mode,
+        decoded_bytes=_decoded_bytes_estimate(img, apply_exif_orientation),
+    )
+
+
+def _open_checked(data: bytes, limits: ImageLimits, label: str) -> Image.Image:
+    """Opens `data` lazily (header only) and applies every check that needs no pixels."""
     size = len(data)
     if size == 0:
         raise InvalidArgument(f"{label} is empty (0 bytes); send the encoded image file ({_FORMATS_TEXT})")
@@ -93,24 +151,161 @@ def decode_image(
         )
     if width * height > limits.max_pixels:
         raise _bomb_error(label, limits, f"{width}x{height} = {width * height:,} pixels")
+    return img
 
-    try:
-        img.load()
-        if apply_exif_orientation:
-            img = _oriented(img)
-        rgb = _to_rgb(img)
-    except Image.DecompressionBombError as exc:
-        raise _bomb_error(label, limits, str(exc)) from exc
-    except MemoryError:
-        raise
-    except Exception as exc:  # Pillow's plugins raise many types; here all of them mean bad input
-        raise InvalidArgument(
-            f"{label} is a truncated or corrupt {fmt} image ({type(exc).__name__}: {exc}); "
-            "send the complete file, or re-save it as PNG or JPEG"
-        ) from exc
-    return DecodedImage(
-        image=rgb, content_sha256=content_hash(data), width=rgb.width, height=rgb.height, format=fmt
+
+# Bytes Pillow keeps per pixel of a decoded image: 1 for one-byte modes, 2 for 16-bit, else 4 (three-band
+# modes such as RGB are stored padded to four bytes).
+_ONE_BYTE_MODES = frozenset({"1", "L", "P"})
+_RGB_BYTES = 4
+# Numpy intermediates of the 16-bit and float conversions in `_to_rgb` (int64 and float32 copies).
+_CONVERSION_SCRATCH_BYTES = 24
+
+
+def _pixel_bytes(mode: str) -> int:
+    if mode in _ONE_BYTE_MODES:
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _header_orientation(img: Image.Image) -> int:
+    # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixels; only one
+    # found before them is read here (a later one, rare, makes the estimate one copy short).
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+
+
+def _decoded_bytes_estimate(img: Image.Image, apply_exif_orientation: bool) -> int:
+    """Peak memory of `decode_image` on `img`, from its header: an estimate, meant to err on the high side."""
+    pixels = img.width * img.height
+    per_pixel = _pixel_bytes(img.mode)
+    if apply_exif_orientation and _header_orientation(img) not in (0, 1):
+        per_pixel += _pixel_bytes(img.mode)  # the turned copy
+    if img.mode != "RGB":
+        per_pixel += _RGB_BYTES  # the RGB copy the models get
+        if img.mode in _HIGH_BIT_DEPTH_MODES or img.mode == "F":
+            per_pixel += _CONVERSION_SCRATCH_BYTES
+        elif img.has_transparency_data:
+            per_pixel += 3 * _RGB_BYTES  # RGBA copy, white canvas, composite
+    return pixels * per_pixel
+
+
+@dataclass
+class DecodeBudgetStats:
+    reservations: int = 0  # granted, at once or after waiting
+    waited: int = 0  # of those, the ones that had to wait for room
+    rejected: int = 0  # no room within the wait: RESOURCE_EXHAUSTED
+    oversized: int = 0  # larger than the whole budget: INVALID_ARGUMENT at once
+    peak_bytes: int = 0  # most bytes reserved at once
+
+
+class DecodeBudget:
+    """A process-wide budget of decoded image bytes in memory, shared by every request of a service.
+
+    Sixteen concurrent 47 KB PNGs of 7000 x 7000 pixels take about 3 GB once decoded: limits per image do
+    not bound the process. Callers reserve the estimated size (`probe_image(...).decoded_bytes`, known from
+    the header) before decoding and hold it until the decoded pixels are dropped:
+
+        header = await asyncio.to_thread(probe_image, data, limits, label=label)
+        async with budget.reserve(header.decoded_bytes, label=label):
+            decoded = await asyncio.to_thread(decode_image, data, limits, label=label)
+            ...  # use decoded; it should not outlive the block
+
+    A caller waits, first come first served, up to `max_wait_s` (or until its call is cancelled, as gRPC
+    does at the deadline), then gets RESOURCE_EXHAUSTED with a retry hint; a reservation larger than the
+    whole budget can never succeed and is INVALID_ARGUMENT at once. Use it from the event loop only.
+    """
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        *,
+        max_wait_s: float,
+        setting: str = "max_decoded_image_bytes",
+        wait_setting: str = "max_decoded_image_wait_s",
+    ) -> None:
+        self._bytes = FairSemaphore(capacity_bytes)
+        self.max_wait_s = max_wait_s
+        self._setting = setting
+        self._wait_setting = wait_setting
+        self._hold_time = MeanDuration()
+        self.stats = DecodeBudgetStats()
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self._bytes.capacity
+
+    @property
+    def in_use_bytes(self) -> int:
+        return self._bytes.in_use
+
+    @property
+    def waiting(self) -> int:
+        return self._bytes.waiting
+
+    @asynccontextmanager
+    async def reserve(self, nbytes: int, *, label: str = "the images") -> AsyncIterator[None]:
+        """Holds `nbytes` of the budget for the body; `label` names what for in error messages."""
+        if nbytes <= 0:
+            yield
+            return
+        if nbytes > self.capacity_bytes:
+            self.stats.oversized += 1
+            raise InvalidArgument(
+                f"{label}: about {_mib(nbytes)} once decoded, more than this server's whole budget of "
+                f"{_mib(self.capacity_bytes)} for images decoded at once ({self._setting}); send fewer "
+                "images per request, or smaller ones"
+            )
+        try:
+            waited = await self._bytes.acquire(nbytes, self.max_wait_s)
+        except TimeoutError:
+            self.stats.rejected += 1
+            raise ResourceExhausted(
+                f"{label}: about {_mib(nbytes)} once decoded, which did not fit in the server's budget of "
+                f"{_mib(self.capacity_bytes)} for images decoded at once ({self._setting}) within "
+                f"{self.max_wait_s:g} s ({self._wait_setting}); retry after the delay in the "
+                "x-cir-retry-after-ms trailer, or send smaller images",
+                retry_after_ms=retry_after_ms(self._hold_time.seconds),
+            ) from None
+        self.stats.reservations += 1
+        self.stats.waited += waited
+        self.stats.peak_bytes = max(self.stats.peak_bytes, self.in_use_bytes)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._bytes.release(nbytes)
+            self._hold_time.observe(time.monotonic() - started)
+
+
+@asynccontextmanager
+async def decoded_within(
+    budget: DecodeBudget,
+    data: bytes,
+    limits: ImageLimits,
+    *,
+    label: str = "image",
+    apply_exif_orientation: bool = True,
+) -> AsyncIterator[DecodedImage]:
+    """One image decoded within `budget`, from async code: the header probed off the event loop, its size
+    reserved (waiting as DecodeBudget does), the pixels decoded off the loop, and the reservation held until
+    the block ends. Keep the image only inside the block. Errors are decode_image's and DecodeBudget's."""
+    header = await asyncio.to_thread(
+        probe_image, data, limits, label=label, apply_exif_orientation=apply_exif_orientation
     )
+    async with budget.reserve(header.decoded_bytes, label=label):
+        yield await to_thread_to_completion(
+            functools.partial(decode_image, label=label, apply_exif_orientation=apply_exif_orientation),
+            data,
+            limits,
+        )
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / MIB:,.1f} MiB"
 
 
 def _bomb_error(label: str, limits: ImageLimits, detail: str) -> InvalidArgument:

@@ -7,11 +7,12 @@ an outage and is always reaped. Persistence is off: nothing is written outside i
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -62,10 +63,28 @@ def _ask(port: int, command: bytes, timeout_s: float) -> bytes:
 @dataclass
 class RedisProcess(ChildServer):
     log_name: ClassVar[str] = "redis.log"
+    paused: bool = field(default=False, kw_only=True)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def pause(self) -> None:
+        """Simulate a hung server (SIGSTOP): the kernel still accepts connections, nothing ever answers."""
+        if self.alive:
+            self.process.send_signal(signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`: the server answers again, with its data intact."""
+        if self.paused and self.alive:
+            self.process.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def stop(self) -> None:
+        # A stopped process would not act on SIGTERM until continued: the stop would wait out its grace.
+        self.resume()
+        super().stop()
 
 
 def start_redis(port: int | None = None, *, timeout_s: float = 10.0) -> RedisProcess:

@@ -2,17 +2,23 @@
 
 Used by `cir serve`, `cir demo` and the end-to-end tests. Every process started here is stopped
 by `stop()` (SIGTERM, then SIGKILL after a grace period).
+
+Start-up waits for every service to be SERVING, within a limit (`CIR_STARTUP_TIMEOUT_S`, or the caller's
+`timeout_s`), and says every 15 s which services are still starting and for how long: loading models
+can take minutes on a loaded machine, and a silent wait looks like a hang.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +42,36 @@ SERVICES = {
 }
 
 
+# The start-up limit's setting (seconds) and its default: generous, because the default is for a loaded
+# 2-core machine loading four models (the vLLM engine alone took minutes there before it ran eager); the
+# progress lines say what is still starting meanwhile.
+STARTUP_TIMEOUT_ENV = "CIR_STARTUP_TIMEOUT_S"
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+PROGRESS_EVERY_S = 15.0
+
+
 class SuiteError(RuntimeError):
     pass
+
+
+def startup_timeout_s(environ: Mapping[str, str] | None = None) -> float:
+    """The start-up limit in seconds: CIR_STARTUP_TIMEOUT_S when set, else DEFAULT_STARTUP_TIMEOUT_S."""
+    raw = (os.environ if environ is None else environ).get(STARTUP_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_STARTUP_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SuiteError(
+            f"{STARTUP_TIMEOUT_ENV}={raw!r}: set the start-up limit as a positive number of seconds"
+        )
+    return value
+
+
+def _print_progress(line: str) -> None:
+    print(line, flush=True)
 
 
 @dataclass
@@ -46,6 +80,8 @@ class ServiceProcess:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    # When the process was started (time.monotonic()): progress lines say how long it has been starting.
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def address(self) -> str:
@@ -71,6 +107,8 @@ class LocalSuite:
     redis: RedisProcess | None = None
     milvus: MilvusProcess | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    # Receives the start-up progress lines (None: quiet).
+    progress: Callable[[str], None] | None = _print_progress
 
     @property
     def retriever_address(self) -> str:
@@ -78,11 +116,16 @@ class LocalSuite:
 
     def start(
         self,
-        timeout_s: float = 300.0,
+        timeout_s: float | None = None,
         names: tuple[str, ...] = tuple(SERVICES),
         ports: dict[str, int] | None = None,
     ) -> None:
-        """Starts Redis and the services (on `ports`, or free ones) and waits until all are SERVING."""
+        """Starts Redis and the services (on `ports`, or free ones) and waits until all are SERVING.
+
+        `timeout_s` None: the limit is CIR_STARTUP_TIMEOUT_S (default DEFAULT_STARTUP_TIMEOUT_S).
+        """
+        # Read first: a malformed setting fails before anything is started.
+        limit = startup_timeout_s() if timeout_s is None else timeout_s
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             if self.use_redis and redis_server_binary() is not None:
@@ -92,7 +135,7 @@ class LocalSuite:
             self.ports = {name: (ports or {}).get(name) or free_port() for name in SERVICES}
             for name in names:
                 self.start_service(name)
-            self.wait_serving(timeout_s)
+            self.wait_serving(limit)
         except BaseException:
             self.stop()
             raise
@@ -133,29 +176,50 @@ class LocalSuite:
         self.processes[name] = service
         return service
 
-    def wait_serving(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        for name, service in self.processes.items():
-            _, grpc_name, _ = SERVICES[name]
-            with grpc.insecure_channel(service.address) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                while True:
+    def wait_serving(
+        self, timeout_s: float | None = None, progress_every_s: float = PROGRESS_EVERY_S
+    ) -> None:
+        """Waits until every started service is SERVING; SuiteError when one exits or the limit passes.
+
+        `timeout_s` None: CIR_STARTUP_TIMEOUT_S. Every `progress_every_s` a progress line names the
+        services still starting and how long each has been at it.
+        """
+        limit = startup_timeout_s() if timeout_s is None else timeout_s
+        began = time.monotonic()
+        deadline = began + limit
+        next_report = began + progress_every_s
+        pending = dict(self.processes)
+        channels = {name: grpc.insecure_channel(service.address) for name, service in pending.items()}
+        try:
+            while True:
+                for name, service in list(pending.items()):
                     if service.process.poll() is not None:
                         code = service.process.returncode
                         raise SuiteError(f"{name} exited with code {code}; its log:\n{service.log_tail()}")
-                    try:
-                        status = stub.Check(
-                            health_pb2.HealthCheckRequest(service=grpc_name), timeout=1
-                        ).status
-                        if status == health_pb2.HealthCheckResponse.SERVING:
-                            break
-                    except grpc.RpcError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise SuiteError(
-                            f"{name} was not SERVING after {timeout_s:.0f} s; its log:\n{service.log_tail()}"
-                        )
-                    time.sleep(0.2)
+                    if _serving(channels[name], SERVICES[name][1]):
+                        del pending[name]
+                if not pending:
+                    return
+                now = time.monotonic()
+                # Reported before the deadline is checked: a wait that fails has said what it waited for.
+                if now >= next_report:
+                    self._report(pending, now - began, limit)
+                    next_report = now + progress_every_s
+                if now > deadline:
+                    raise SuiteError(_not_serving(pending, limit))
+                time.sleep(0.2)
+        finally:
+            for channel in channels.values():
+                channel.close()
+
+    def _report(self, pending: Mapping[str, ServiceProcess], waited_s: float, limit_s: float) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        starting = ", ".join(f"{name} ({now - service.started:.0f} s)" for name, service in pending.items())
+        self.progress(
+            f"still starting after {waited_s:.0f} s: {starting}; limit {limit_s:g} s ({STARTUP_TIMEOUT_ENV})"
+        )
 
     def stop_service(self, name: str, grace_s: float = 30.0) -> None:
         """SIGTERM (the service drains and unloads), then SIGKILL to its whole process group."""
@@ -197,3 +261,24 @@ class LocalSuite:
             if self.milvus is not None:
                 self.milvus.stop()
                 self.milvus = None
+
+
+def _serving(channel: grpc.Channel, grpc_name: str) -> bool:
+    try:
+        request = health_pb2.HealthCheckRequest(service=grpc_name)
+        status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1).status
+    except grpc.RpcError:
+        return False  # not listening yet, or busy loading: still starting
+    return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _not_serving(pending: Mapping[str, ServiceProcess], limit_s: float) -> str:
+    names = ", ".join(pending)
+    verb = "was" if len(pending) == 1 else "were"
+    logs = "".join(
+        f"\n--- {name} log (last lines) ---\n{service.log_tail()}" for name, service in pending.items()
+    )
+    return (
+        f"{names} {verb} not SERVING after {limit_s:g} s, the start-up limit ({STARTUP_TIMEOUT_ENV}; "
+        f"raise it on a slow or loaded machine){logs}"
+    )

@@ -9,6 +9,9 @@ import uuid
 from typing import TextIO
 
 REQUEST_ID_HEADER = "x-request-id"
+# Trailers of a RESOURCE_EXHAUSTED that may pass on retry: when to retry, in milliseconds.
+RETRY_AFTER_HEADER = "x-cir-retry-after-ms"
+RETRY_PUSHBACK_HEADER = "grpc-retry-pushback-ms"
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("cir_request_id", default="-")
 

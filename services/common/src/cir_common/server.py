@@ -4,6 +4,10 @@ One `ServiceHost` per process: standard health (NOT_SERVING until the service sa
 ready), server reflection, message-size limits from config, one interceptor that gives
 every RPC a request id, maps internal errors to status codes and reports server time, and
 a graceful shutdown that turns health to NOT_SERVING before draining in-flight calls.
+
+The interceptor also answers undecodable request messages with INVALID_ARGUMENT, and admits
+calls through a bounded gate (max_concurrent_rpcs running, max_queued_rpcs waiting, the rest
+RESOURCE_EXHAUSTED at once with a retry hint); health and reflection pass around all of it.
 """
 
 from __future__ import annotations
@@ -14,16 +18,21 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cir_common.admission import AdmissionGate, AdmissionStats
 from cir_common.config import ServiceSettings
-from cir_common.errors import status_for
+from cir_common.errors import CirError, ConfigError, InvalidArgument, status_for
 from cir_common.request_context import (
     REQUEST_ID_HEADER,
+    RETRY_AFTER_HEADER,
+    RETRY_PUSHBACK_HEADER,
     bind_request_id,
     current_request_id,
     reset_request_id,
@@ -55,10 +64,69 @@ class _ServiceInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_handler(handler, method, request_id, self._host)
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request message that could not be parsed, so the call fails with INVALID_ARGUMENT.
+
+    Left to grpc, a DecodeError (malformed bytes, or invalid UTF-8 in a proto3 string field) escapes before
+    our wrapper runs: the caller gets UNKNOWN (INTERNAL mid-stream), the log a traceback without request id.
+    """
+
+    type_name: str
+    detail: str
+
+    def message(self, what: str) -> str:
+        hint = (
+            " (every string field must be valid UTF-8; binary data belongs in a bytes field)"
+            if "UTF-8" in self.detail
+            else ""
+        )
+        return (
+            f"{what} is not a valid {self.type_name} message: {self.detail}{hint}; "
+            "send a serialized message built from the published protos"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    """`deserializer`, answering an `_Undecodable` instead of raising on bytes that do not parse."""
+    if deserializer is None:
+        return None
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", None) or f"request message of {method}"
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as error:
+            detail = str(error)
+            # upb says "Error parsing message with type 'X': <why>"; the type is named already.
+            _, sep, why = detail.partition("': ")
+            return _Undecodable(type_name, why if sep else detail)
+
+    return deserialize
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The request stream, failing with INVALID_ARGUMENT at the first message that did not parse.
+
+    Servicers here iterate the stream; one that called `context.read()` itself would see the raw sentinel.
+    """
+    number = 0
+    async for message in requests:
+        if isinstance(message, _Undecodable):
+            raise InvalidArgument(message.message(f"message {number} of the request stream"))
+        yield message
+        number += 1
+
+
 def _wrap_handler(
     handler: grpc.RpcMethodHandler, method: str, request_id: str | None, host: ServiceHost
 ) -> grpc.RpcMethodHandler:
-    async def before(context: grpc.aio.ServicerContext) -> None:
+    request_streaming = bool(handler.request_streaming)
+    # A stream holds its slot for as long as it lasts: its time says nothing of when a slot frees up.
+    timed = not (request_streaming or handler.response_streaming)
+
+    async def before(context: grpc.aio.ServicerContext, request_or_iterator: Any) -> Any:
         # Set now so that an aborted call carries its request id too.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, current_request_id()),))
         if not host.ready:
@@ -66,6 +134,11 @@ def _wrap_handler(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{host.display_name} is starting (model not loaded yet); retry when health is SERVING",
             )
+        if request_streaming:
+            return _checked_stream(request_or_iterator)
+        if isinstance(request_or_iterator, _Undecodable):
+            raise InvalidArgument(request_or_iterator.message("the request"))
+        return request_or_iterator
 
     async def fail(context: grpc.aio.ServicerContext, error: Exception) -> None:
         code, message = status_for(error)
@@ -73,6 +146,13 @@ def _wrap_handler(
             log.exception("%s failed", method)
         else:
             log.info("%s -> %s: %s", method, code.name, message)
+        trailers = [(REQUEST_ID_HEADER, current_request_id())]
+        retry_ms = error.retry_after_ms if isinstance(error, CirError) else None
+        if retry_ms is not None:
+            # grpc-retry-pushback-ms is honoured by gRPC clients that have a retry policy (a Python server
+            # may send it); x-cir-retry-after-ms is for every other client.
+            trailers += [(RETRY_AFTER_HEADER, str(retry_ms)), (RETRY_PUSHBACK_HEADER, str(retry_ms))]
+        context.set_trailing_metadata(tuple(trailers))
         await context.abort(code, message)
 
     def finish(context: grpc.aio.ServicerContext, started: float) -> None:
@@ -87,8 +167,9 @@ def _wrap_handler(
             token = bind_request_id(request_id)
             started = time.perf_counter()
             try:
-                await before(context)
-                return await behavior(request_or_iterator, context)
+                request = await before(context, request_or_iterator)
+                async with host.admission.admit(context.time_remaining, timed=timed):
+                    return await behavior(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as error:  # noqa: BLE001 - every error becomes a status
@@ -104,13 +185,14 @@ def _wrap_handler(
             token = bind_request_id(request_id)
             started = time.perf_counter()
             try:
-                await before(context)
-                result = behavior(request_or_iterator, context)
-                if inspect.isasyncgen(result):
-                    async for item in result:
-                        yield item
-                else:
-                    await result
+                request = await before(context, request_or_iterator)
+                async with host.admission.admit(context.time_remaining, timed=timed):
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            yield item
+                    else:
+                        await result
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as error:  # noqa: BLE001
@@ -122,7 +204,7 @@ def _wrap_handler(
         return wrapped
 
     common = dict(
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_tolerant(handler.request_deserializer, method),
         response_serializer=handler.response_serializer,
     )
     if handler.unary_unary:
@@ -151,6 +233,18 @@ class ServiceHost:
         if settings.max_connection_age_s > 0:
             age_ms = int(settings.max_connection_age_s * 1000)
             options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
+        if settings.max_concurrent_rpcs < 1 or settings.max_queued_rpcs < 0:
+            raise ConfigError(
+                f"max_concurrent_rpcs={settings.max_concurrent_rpcs} and max_queued_rpcs="
+                f"{settings.max_queued_rpcs}: need at least 1 running call and 0 or more queued ones"
+            )
+        # Admission is ours, not grpc.aio.server(maximum_concurrent_rpcs=...): that one counts health and
+        # reflection too (a busy replica would fail its probes and be restarted), has no queue (every call
+        # past the limit is refused at once), and refuses with a bare "Concurrent RPC limit exceeded!": no
+        # setting named, no retry hint, no request id.
+        self.admission = AdmissionGate(
+            settings.max_concurrent_rpcs, settings.max_queued_rpcs, service=display_name
+        )
         self.server = grpc.aio.server(interceptors=[_ServiceInterceptor(self)], options=options)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -161,6 +255,11 @@ class ServiceHost:
         self._stopped = asyncio.Event()
         # What health reports after loading: a backend check may turn it off and on again.
         self._healthy = True
+
+    @property
+    def admission_stats(self) -> AdmissionStats:
+        """Counters of calls admitted, refused (queue full) and timed out or cancelled while queued."""
+        return self.admission.stats
 
     async def start(self) -> int:
         """Binds and starts serving (health NOT_SERVING until `set_ready`). Returns the bound port."""

@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cir.common.v1 import common_pb2
+from cir_common.admission import to_thread_to_completion
 from cir_common.config import ServiceSettings
 from cir_common.errors import ConfigError, InvalidArgument, ResourceExhausted
-from cir_common.images import DecodedImage, ImageLimits, decode_image, resolve_image_source
+from cir_common.images import (
+    DecodeBudget,
+    DecodedImage,
+    ImageLimits,
+    decode_image,
+    probe_image,
+    resolve_image_source,
+)
 from cir_common.request_context import configure_logging
 from cir_common.server import ServiceHost
 
@@ -33,6 +41,20 @@ def image_limits(settings: ServiceSettings) -> ImageLimits:
     return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
 
 
+def decode_budget(settings: ServiceSettings, env_prefix: str) -> DecodeBudget:
+    """The process's budget of decoded image bytes, from its settings (errors name `env_prefix` variables)."""
+    if settings.max_decoded_image_bytes < 1:
+        raise ConfigError(
+            f"{env_prefix}MAX_DECODED_IMAGE_BYTES={settings.max_decoded_image_bytes}: must be at least 1"
+        )
+    return DecodeBudget(
+        settings.max_decoded_image_bytes,
+        max_wait_s=settings.max_decoded_image_wait_s,
+        setting=f"{env_prefix}MAX_DECODED_IMAGE_BYTES",
+        wait_setting=f"{env_prefix}MAX_DECODED_IMAGE_WAIT_S",
+    )
+
+
 async def decode_request_images(
     images: Sequence[common_pb2.Image], settings: ServiceSettings, field: str = "images"
 ) -> list[DecodedImage]:
@@ -49,6 +71,59 @@ async def decode_request_images(
         return decoded
 
     return await asyncio.to_thread(decode_all)
+
+
+@asynccontextmanager
+async def decoded_request_images(
+    images: Sequence[common_pb2.Image],
+    settings: ServiceSettings,
+    budget: DecodeBudget,
+    field: str = "images",
+    timer: StageTimer | None = None,
+) -> AsyncIterator[list[DecodedImage]]:
+    """Like `decode_request_images`, within the process's `budget` of decoded bytes.
+
+    Reads the files and probes every header off the event loop, reserves the request's estimated decoded
+    size (waiting for room, see DecodeBudget), decodes off the loop, and holds the reservation until the
+    block ends: run the model on the images inside the block, and let them go with it. With `timer`, the
+    stage "decode" is recorded (reading, probing, any wait for room, and decoding).
+    """
+    limits = image_limits(settings)
+    roots = [Path(root) for root in settings.image_uri_roots]
+    labels = [f"{field}[{index}]" for index in range(len(images))]
+
+    def read_and_probe() -> tuple[list[bytes], int]:
+        sources = []
+        total = 0
+        for image, label in zip(images, labels, strict=True):
+            data = resolve_image_source(image, roots, max_bytes=limits.max_bytes, label=label)
+            total += probe_image(data, limits, label=label).decoded_bytes
+            sources.append(data)
+        return sources, total
+
+    def decode_all(sources: list[bytes]) -> list[DecodedImage]:
+        return [decode_image(data, limits, label=label) for data, label in zip(sources, labels, strict=True)]
+
+    started = time.perf_counter()
+    sources, total = await asyncio.to_thread(read_and_probe)
+    what = labels[0] if len(labels) == 1 else f"the {len(labels)} images of {field}"
+    async with budget.reserve(total, label=what):
+        # A caller that gives up mid-decode keeps the reservation until the thread is done with the pixels.
+        decoded = await to_thread_to_completion(decode_all, sources)
+        if timer is not None:
+            timer.record("decode", (time.perf_counter() - started) * 1000.0)
+        yield decoded
+
+
+def pending_items_limit(settings: ServiceSettings, batch_size: int, max_items_per_request: int) -> int:
+    """`max_pending_batch_items`, or when 0 eight batches' worth, and never less than one whole request.
+
+    Items past a few batches only wait longer (the model runs one batch at a time), and a caller deep in the
+    queue would more likely run out of time than be served; refusing early lets it retry elsewhere.
+    """
+    if settings.max_pending_batch_items > 0:
+        return settings.max_pending_batch_items
+    return max(8 * batch_size, max_items_per_request)
 
 
 class StageTimer:

@@ -46,6 +46,9 @@ def build_tiny_pack(out_dir: Path, echo: Callable[[str], None] | None = print) -
             "backend": "vllm",
             "model": str(llm_dir),
             "max_model_len": int(reasoner.TINY_LLM_CONTEXT),
+            # The tiny pack runs on CPU machines: vLLM's CPU engine would compile the model with
+            # torch.compile unless eager, which took over 300 s to start on a loaded 2-core machine.
+            "enforce_eager": True,
         },
     }
     profile_path = out_dir / PROFILE_NAME

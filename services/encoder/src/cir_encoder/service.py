@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -12,11 +13,17 @@ from PIL import Image
 from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir_common.batching import MicroBatcher
-from cir_common.cache import Cache, cache_from_url, cache_key
+from cir_common.cache import Cache, cache_from_settings, cache_key
 from cir_common.errors import ConfigError, InvalidArgument, Unavailable
 from cir_common.images import content_hash
 from cir_common.memo import get_or_compute
-from cir_common.service_kit import StageTimer, decode_request_images, require_items
+from cir_common.service_kit import (
+    StageTimer,
+    decode_budget,
+    decoded_request_images,
+    pending_items_limit,
+    require_items,
+)
 from cir_common.vectors import pack_f32, unpack_f32, vector_from_proto, vector_to_proto
 from cir_encoder.clip_loading import load_clip
 from cir_encoder.engine import PLACEHOLDER, EncoderEngine
@@ -74,7 +81,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 f"choose {', '.join(PREPROCESSING_CHOICES)}"
             )
         self.settings = settings
-        self.cache = cache or cache_from_url(settings.cache_url or None, settings.cache_memory_bytes)
+        self.cache = cache or cache_from_settings(settings)
+        self.decode_budget = decode_budget(settings, ENV_PREFIX)
         self._engine: EncoderEngine | None = None
         self._image_batcher: MicroBatcher[str, Image.Image, np.ndarray] | None = None
         self._text_batcher: MicroBatcher[str, str, np.ndarray] | None = None
@@ -107,11 +115,22 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             features = engine.embed_composed(engine.tokenize([text for text, _ in items]).ids, tokens)
             return list(zip(features, tokens, strict=True))
 
-        self._image_batcher = MicroBatcher(run_images, max_batch_size=size, window_s=window_s, name="images")
-        self._text_batcher = MicroBatcher(run_texts, max_batch_size=size, window_s=window_s, name="texts")
-        self._composed_batcher = MicroBatcher(
-            run_composed, max_batch_size=size, window_s=window_s, name="composed"
-        )
+        pending = pending_items_limit(self.settings, size, self.settings.max_items_per_request)
+        limit = f"{ENV_PREFIX}MAX_PENDING_BATCH_ITEMS"
+
+        def batcher(run: Callable[[Any, list[Any]], Sequence[Any]], name: str) -> MicroBatcher[Any, Any, Any]:
+            return MicroBatcher(
+                run,
+                max_batch_size=size,
+                window_s=window_s,
+                name=name,
+                max_pending_items=pending,
+                limit_setting=limit,
+            )
+
+        self._image_batcher = batcher(run_images, "images")
+        self._text_batcher = batcher(run_texts, "texts")
+        self._composed_batcher = batcher(run_composed, "composed")
         self._engine = engine
         log.info(
             "loaded %s (dim %d) on %s/%s; mapping networks: %s",
@@ -147,26 +166,26 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     async def _raw_image_embeddings(
         self, images: Sequence[common_pb2.Image], kind: str, bypass: bool, timer: StageTimer, field: str
     ) -> tuple[np.ndarray, list[bool]]:
-        with timer.stage("decode"):
-            decoded = await decode_request_images(images, self.settings, field=field)
-        # Checked per request before batching: one caller's image never fails a batch shared with others.
-        for index, image in enumerate(decoded):
-            check_aspect_ratio(
-                (image.width, image.height),
-                self.settings.max_aspect_ratio,
-                f"{field}[{index}]",
-                f"{ENV_PREFIX}MAX_ASPECT_RATIO",
-            )
-        params = {"preprocessing": kind, "target_pad_ratio": self.engine.target_pad_ratio}
-        keys = [cache_key("clip_image", self.engine.identity, params, d.content_sha256) for d in decoded]
-        assert self._image_batcher is not None
+        # The decoded pixels count against the process's budget until the model has run on them.
+        async with decoded_request_images(images, self.settings, self.decode_budget, field, timer) as decoded:
+            # Checked per request before batching: one caller's image never fails a batch shared with others.
+            for index, image in enumerate(decoded):
+                check_aspect_ratio(
+                    (image.width, image.height),
+                    self.settings.max_aspect_ratio,
+                    f"{field}[{index}]",
+                    f"{ENV_PREFIX}MAX_ASPECT_RATIO",
+                )
+            params = {"preprocessing": kind, "target_pad_ratio": self.engine.target_pad_ratio}
+            keys = [cache_key("clip_image", self.engine.identity, params, d.content_sha256) for d in decoded]
+            assert self._image_batcher is not None
 
-        async def compute(indices: list[int]) -> list[bytes]:
-            with timer.stage("embed_images"):
-                vectors = await self._image_batcher.submit(kind, [decoded[i].image for i in indices])
-            return [pack_f32(v) for v in vectors]
+            async def compute(indices: list[int]) -> list[bytes]:
+                with timer.stage("embed_images"):
+                    vectors = await self._image_batcher.submit(kind, [decoded[i].image for i in indices])
+                return [pack_f32(v) for v in vectors]
 
-        memo = await get_or_compute(self.cache, keys, compute, bypass=bypass)
+            memo = await get_or_compute(self.cache, keys, compute, bypass=bypass)
         matrix = np.stack([unpack_f32(v, self.engine.clip.embed_dim) for v in memo.values])
         return matrix, memo.hits
 

@@ -9,6 +9,7 @@ failed prompt, so one bad generation cannot take the others of its request down 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -103,7 +104,9 @@ class LLMBackend(Protocol):
     # Positions the model can attend to, where known (prompt + answer must fit).
     max_context: int | None
 
-    def prepare(self, prompt: str) -> PreparedPrompt: ...
+    def prepare(self, prompt: str) -> PreparedPrompt:
+        """Render and count one prompt: CPU work, called from a worker thread (thread-safe)."""
+        ...
 
     async def generate(
         self, prompts: Sequence[PreparedPrompt], sampling: Sampling, deadline: float | None
@@ -141,13 +144,23 @@ def resolve_prompt_format(setting: str, has_chat_template: bool) -> str:
 
 
 class PromptEncoder:
-    """Renders a prompt the way the model expects it and tokenizes it once."""
+    """Renders a prompt the way the model expects it and tokenizes it once.
+
+    Callable from any thread (the service calls it from a worker thread, never from its event loop), one
+    call at a time: a fast tokenizer's Rust side keeps its padding / truncation settings as mutable state
+    that `__call__` may reset, and a reset while another thread encodes fails with "Already borrowed".
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> None:
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format
+        self._lock = threading.Lock()
 
     def encode(self, prompt: str) -> list[int]:
+        with self._lock:
+            return self._encode(prompt)
+
+    def _encode(self, prompt: str) -> list[int]:
         if self.prompt_format == CHAT:
             rendered = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False

@@ -41,6 +41,10 @@ class Budget:
     source: str
 
 
+# per_caption, joined and first_caption: (template, captions, instruction, prepare, budget) -> plan.
+Build = Callable[[PromptTemplate, Sequence[str], str, Prepare, Budget], PromptPlan]
+
+
 def per_caption(
     template: PromptTemplate, captions: Sequence[str], instruction: str, prepare: Prepare, budget: Budget
 ) -> PromptPlan:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cir.common.v1 import common_pb2
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
-from cir_common.cache import Cache, cache_from_url, cache_key, pack_json, unpack_json
+from cir_common.cache import Cache, cache_from_settings, cache_key, pack_json, unpack_json
 from cir_common.errors import ConfigError, InvalidArgument, NotFound, Unavailable
 from cir_common.images import content_hash
 from cir_common.memo import get_or_compute
@@ -87,7 +90,7 @@ def _check_settings(settings: ReasonerSettings) -> None:
         raise ConfigError(
             f"{ENV_PREFIX}PROMPT_FORMAT={settings.prompt_format!r}; choose {', '.join(PROMPT_FORMATS)}"
         )
-    for name in ("max_captions_per_request", "max_prompt_tokens", "max_output_tokens"):
+    for name in ("max_captions_per_request", "max_text_chars", "max_prompt_tokens", "max_output_tokens"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be at least 1, got {getattr(settings, name)}")
 
@@ -112,8 +115,12 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
                 self.templates.get(name, task)
             except (NotFound, InvalidArgument) as error:
                 raise ConfigError(f"{ENV_PREFIX}{setting}: {error.message}") from error
-        self.cache = cache or cache_from_url(settings.cache_url or None, settings.cache_memory_bytes)
+        self.cache = cache or cache_from_settings(settings)
         self._backend = backend
+        # Prompts are rendered and tokenized here, off the event loop (see _plan). One thread: requests
+        # queue for it as futures instead of piling up threads that would wait on the tokenizer's lock,
+        # and one core's worth of tokenizing leaves the others to the loop and the engine.
+        self._prompt_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reasoner-prompts")
 
     async def load(self) -> None:
         backend = self._backend or await start_backend(self.settings)
@@ -133,8 +140,10 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
         )
 
     async def close(self) -> None:
+        self._prompt_worker.shutdown(wait=False, cancel_futures=True)
         if self._backend is not None:
             await self._backend.close()
+        await self.cache.close()  # its Redis connections and the breaker's probe task
 
     @property
     def backend(self) -> LLMBackend:
@@ -148,6 +157,13 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
             name=model.name, revision=model.revision, family=model.family, details=model.details
         )
 
+    def _check_length(self, text: str, field: str) -> None:
+        limit = self.settings.max_text_chars
+        if len(text) > limit:
+            raise InvalidArgument(
+                f"{field} has {len(text)} characters, over the limit of {limit} ({ENV_PREFIX}MAX_TEXT_CHARS)"
+            )
+
     def _inputs(self, request: Any) -> tuple[list[str], str]:
         require_items(
             request.captions,
@@ -155,6 +171,11 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
             self.settings.max_captions_per_request,
             f"{ENV_PREFIX}MAX_CAPTIONS_PER_REQUEST",
         )
+        # Lengths first, on the raw text: before anything else touches it (cleaning, rendering, tokenizing
+        # all cost time in proportion to it).
+        for index, caption in enumerate(request.captions):
+            self._check_length(caption, f"captions[{index}]")
+        self._check_length(request.instruction, "instruction")
         captions = [_clean(c) for c in request.captions]
         for index, caption in enumerate(captions):
             if not caption:
@@ -180,6 +201,10 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
         stop = tuple(proto.stop) or DEFAULT_STOP
         if len(stop) > _MAX_STOP_SEQUENCES or not all(stop):
             raise InvalidArgument(f"sampling.stop takes 1 to {_MAX_STOP_SEQUENCES} non-empty strings")
+        # Stop strings are matched against the output at every generated token (and the transformers
+        # backend precomputes tables over the vocabulary for each): bounded like any other caller text.
+        for index, text in enumerate(stop):
+            self._check_length(text, f"sampling.stop[{index}]")
         seed = proto.seed if proto.HasField("seed") else None
         return Sampling(temperature=temperature, max_tokens=max_tokens, stop=stop, top_p=top_p, seed=seed)
 
@@ -192,6 +217,25 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
                 f"the model's context of {context} minus max_tokens {sampling.max_tokens}",
             )
         return budget
+
+    async def _plan(
+        self,
+        build: prompts.Build,
+        template: PromptTemplate,
+        captions: Sequence[str],
+        instruction: str,
+        sampling: Sampling,
+    ) -> prompts.PromptPlan:
+        """The request's prompts, rendered and tokenized on the prompt worker thread, not the event loop.
+
+        The largest request the limits allow (64 captions and an instruction of 4096 characters, joined:
+        the budget search tokenizes the prompt up to 8 times) holds a CPU for about half a second with the
+        tiny pack's tokenizer; on the loop, every other call would wait that long, health checks included
+        (bench/reasoner_health_bench.py). The tokenizer releases the GIL while it encodes, so the loop runs.
+        """
+        budget = self._budget(sampling)
+        work = functools.partial(build, template, captions, instruction, self.backend.prepare, budget)
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_worker, work)
 
     async def _answer(
         self,
@@ -279,10 +323,8 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
         sampling = self._sampling(request.sampling)
         timer = StageTimer()
         build = prompts.joined if mode == common_pb2.EDIT_MODE_JOINED else prompts.per_caption
-        # Tokenized on the event loop, not a worker thread: a fast tokenizer shared between threads fails
-        # with "Already borrowed", and a query's prompts take milliseconds.
         with timer.stage("prompt"):
-            plan = build(template, captions, instruction, self.backend.prepare, self._budget(sampling))
+            plan = await self._plan(build, template, captions, instruction, sampling)
         edits = await self._answer(
             "reasoner_edit",
             template,
@@ -324,7 +366,7 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
         timer = StageTimer()
         build = prompts.first_caption if selection == common_pb2.CAPTION_SELECTION_FIRST else prompts.joined
         with timer.stage("prompt"):
-            plan = build(template, captions, instruction, self.backend.prepare, self._budget(sampling))
+            plan = await self._plan(build, template, captions, instruction, sampling)
         (objects,) = await self._answer(
             "reasoner_objects",
             template,

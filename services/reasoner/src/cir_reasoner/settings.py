@@ -40,6 +40,11 @@ class ReasonerSettings(ServiceSettings):
     template_paths: list[str] = dataclasses.field(default_factory=list)
     default_edit_template: str = "edit_structural"
     max_captions_per_request: int = 64
+    # Characters per caption, instruction and stop string, checked before anything is tokenized: the
+    # limit that keeps one request from holding the CPU for seconds (the prompt budget needs tokens, so
+    # it cannot stop a megabyte of text on its own). Above the retriever's own text limit and far above
+    # any caption a captioner writes.
+    max_text_chars: int = 4096
     max_prompt_tokens: int = 6144
     max_output_tokens: int = 700
 

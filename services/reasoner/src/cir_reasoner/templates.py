@@ -38,6 +38,8 @@ INSTRUCTION_LABEL = "Instruction:"
 DEFAULT_ANSWER_LABELS = {TASK_EDIT: "Edited Description:", TASK_OBJECTS_ADDED: "Objects most likely added:"}
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+# How much of an unknown template name an error message repeats.
+_NAME_SHOWN = 80
 _TOP_KEYS = {
     "name",
     "version",
@@ -233,8 +235,10 @@ class TemplateRegistry:
         """The template `name` for `task`: NOT_FOUND lists the known names; wrong task: INVALID_ARGUMENT."""
         template = self._templates.get(name)
         if template is None:
+            # The name is the caller's text: echoed cut, so a huge one cannot overflow the error trailer.
+            shown = name if len(name) <= _NAME_SHOWN else name[:_NAME_SHOWN] + "..."
             raise NotFound(
-                f"unknown prompt template {name!r}; known: {', '.join(self.names())} "
+                f"unknown prompt template {shown!r}; known: {', '.join(self.names())} "
                 "(add your own with CIR_REASONER_TEMPLATE_PATHS)"
             )
         if template.task != task:

@@ -9,6 +9,7 @@ token: an abandoned batch stops within one decoding step instead of running to m
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -40,7 +41,10 @@ class TransformersBackend:
 
     def __init__(self, lm: LoadedCausalLM, prompt_format: str, model: BackendModel) -> None:
         self.lm = lm
-        self.encoder = PromptEncoder(lm.tokenizer, prompt_format)
+        # A private copy for prompts: the service encodes on its worker thread while a batch decodes (and
+        # pads, and matches stop strings) with lm.tokenizer on the generation thread; separate Rust
+        # tokenizers never contend for one borrow.
+        self.encoder = PromptEncoder(copy.deepcopy(lm.tokenizer), prompt_format)
         self.prompt_format = prompt_format
         self.model = model
         self.max_context = lm.max_context

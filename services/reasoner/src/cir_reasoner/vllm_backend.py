@@ -48,7 +48,9 @@ class EngineRounds:
     `rounds` counts `generate` calls (one per request, whatever its number of prompts); `last_round_size`
     and `last_in_flight` say how many requests that call added and how many the engine held right after.
     The step fields come from vLLM's per-step scheduler stats: they show batching and aborts from the
-    engine's side rather than from our own bookkeeping.
+    engine's side rather than from our own bookkeeping. A step's stats are recorded right after its
+    outputs reach the callers' queues, except when a stop string finished a request (vLLM awaits that
+    request's abort in between): a caller may see its answer just before its last step is counted.
     """
 
     rounds: int = 0
@@ -95,13 +97,14 @@ def _stat_logger_factory(rounds: EngineRounds) -> Any:
         ) -> None:
             if scheduler_stats is None:
                 return
+            running = scheduler_stats.num_running_reqs
+            waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+            if iteration_stats is None and running + waiting == 0:
+                # The core's pass after the last requests finished: it ran nothing, and its report comes
+                # after their answers (so counting it would make the step counts race with the callers).
+                return
             cache = scheduler_stats.prefix_cache_stats
-            rounds.record_step(
-                scheduler_stats.num_running_reqs,
-                scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
-                cache.queries,
-                cache.hits,
-            )
+            rounds.record_step(running, waiting, cache.queries, cache.hits)
 
         def log_engine_initialized(self) -> None:
             pass

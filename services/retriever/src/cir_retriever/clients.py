@@ -21,7 +21,7 @@ from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir_common.errors import CirError, DeadlineExceeded
-from cir_common.request_context import outgoing_metadata
+from cir_common.request_context import RETRY_AFTER_HEADER, outgoing_metadata
 from cir_common.vectors import vector_from_proto, vector_to_proto
 
 T = TypeVar("T")
@@ -69,7 +69,14 @@ class DownstreamError(CirError):
     """A model service's call failed. `code` is what the retriever's caller sees; `downstream_code` is the
     model service's own status name (an ingestion item failure reports it)."""
 
-    def __init__(self, service: str, downstream: grpc.StatusCode, details: str, budget_spent: bool) -> None:
+    def __init__(
+        self,
+        service: str,
+        downstream: grpc.StatusCode,
+        details: str,
+        budget_spent: bool,
+        retry_after_ms: int | None = None,
+    ) -> None:
         self.service = service
         self.downstream_code = downstream.name
         self.details = details
@@ -85,6 +92,9 @@ class DownstreamError(CirError):
             message = f"the {service} refused a request of the retriever ({downstream.name}): {details}"
         super().__init__(message)
         self.code = code
+        # A busy model service's retry hint reaches the retriever's caller unchanged.
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.retry_after_ms = retry_after_ms
 
     @property
     def refused_input(self) -> bool:
@@ -143,6 +153,16 @@ def _reasoned(item: reasoner_pb2.ReasonedText) -> ReasonedText:
     return ReasonedText(item.text, parsed, reason)
 
 
+def _retry_after_ms(error: grpc.aio.AioRpcError) -> int | None:
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_HEADER:
+            try:
+                return max(0, int(value))
+            except ValueError:
+                return None
+    return None
+
+
 class _Service:
     def __init__(self, name: str, channel: grpc.aio.Channel) -> None:
         self.name = name
@@ -153,7 +173,11 @@ class _Service:
             return await call
         except grpc.aio.AioRpcError as error:
             raise DownstreamError(
-                self.name, error.code(), error.details() or "", budget.remaining() <= 0
+                self.name,
+                error.code(),
+                error.details() or "",
+                budget.remaining() <= 0,
+                _retry_after_ms(error),
             ) from error
 
     def _options(self, budget: Budget, stage_budget_s: float | None) -> dict[str, object]:
@@ -268,7 +292,9 @@ class ReasonerClient(_Service):
         return _reasoned((await self._call(call, budget)).objects)
 
 
-def _channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
+def _channel(
+    address: str, max_message_bytes: int, interceptors: Sequence[grpc.aio.ClientInterceptor]
+) -> grpc.aio.Channel:
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -276,14 +302,24 @@ def _channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.enable_retries", 1),
     ]
-    return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.insecure_channel(address, options=options, interceptors=list(interceptors) or None)
 
 
 class ModelServices:
     """The three clients, on channels kept for the life of the retriever."""
 
-    def __init__(self, encoder: str, captioner: str, reasoner: str, max_message_bytes: int) -> None:
-        self._channels = [_channel(a, max_message_bytes) for a in (encoder, captioner, reasoner)]
+    def __init__(
+        self,
+        encoder: str,
+        captioner: str,
+        reasoner: str,
+        max_message_bytes: int,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        # `interceptors` see every model call (tracing, or a test counting what a search called).
+        self._channels = [
+            _channel(a, max_message_bytes, interceptors) for a in (encoder, captioner, reasoner)
+        ]
         self.encoder = EncoderClient(self._channels[0])
         self.captioner = CaptionerClient(self._channels[1])
         self.reasoner = ReasonerClient(self._channels[2])

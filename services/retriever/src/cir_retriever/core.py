@@ -16,8 +16,18 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from cir_common.errors import CirError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from cir_common.images import ImageLimits, content_hash, decode_image
+from cir_common.admission import to_thread_to_completion
+from cir_common.errors import (
+    CirError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from cir_common.images import ImageLimits, content_hash, decode_image, decoded_within, probe_image
+from cir_common.service_kit import decode_budget
 from cir_retriever.clients import (
     DECODING_CHOICES,
     PREPROCESSING_CHOICES,
@@ -32,7 +42,15 @@ from cir_retriever.gallery.types import CollectionSettings, FeaturePage, Filter,
 from cir_retriever.ingest import IngestPipeline, ItemOutcome, PendingImage
 from cir_retriever.options import VariantChoices, WeightOverrides, resolve_options
 from cir_retriever.presets import Preset
-from cir_retriever.query import Degradation, QueryPipeline, QueryRequest, Reference, Trace
+from cir_retriever.query import (
+    SEARCH_STAGE,
+    Degradation,
+    QueryPipeline,
+    QueryRequest,
+    Reference,
+    Trace,
+    shed_message,
+)
 from cir_retriever.settings import ENV_PREFIX, RetrieverSettings
 from cir_retriever.strategies import (
     DESCRIPTIONS,
@@ -163,6 +181,9 @@ class Retriever:
         self._degraded_searches = 0
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        # Decoded pixels of references and ingested images, summed over every call in flight: many large
+        # images at once must not take the process past its memory (callers past it wait, then are refused).
+        self._decode_budget = decode_budget(settings, ENV_PREFIX)
         self._encoder_info: tuple[float, EncoderInfo] | None = None
 
     async def load(self) -> None:
@@ -291,6 +312,10 @@ class Retriever:
             raise InvalidArgument(
                 f"top_k = {top_k} is over the limit of {self.settings.max_top_k} ({ENV_PREFIX}MAX_TOP_K)"
             )
+        needs = requirements(strategy, options)
+        # Before the store or any model is asked anything: a deadline too short for the essential stages
+        # would only spend their capacity on an answer nobody receives.
+        self.pipeline.admit(strategy, needs, query.reference_id is None, budget)
         collection = await self.open(query.collection)
         manifest = await asyncio.to_thread(collection.manifest)
         where = validate_filter(query.where, manifest.settings.filterable_fields)
@@ -308,7 +333,6 @@ class Retriever:
         if why:
             raise FailedPrecondition(f"strategy {strategy.value} is not available: {why}")
 
-        needs = requirements(strategy, options)
         request = QueryRequest(
             reference,
             text,
@@ -333,8 +357,13 @@ class Retriever:
                 )
             )
         q, spec = compose_query(strategy, composed_inputs, options)
-        with trace.timer.stage("search"):
+        short = self.pipeline.shortfall(SEARCH_STAGE, budget)
+        if short is not None:
+            raise DeadlineExceeded(shed_message(short))
+        started = time.perf_counter()
+        with trace.timer.stage(SEARCH_STAGE):
             hits = await asyncio.to_thread(collection.search, spec, q, top_k, where)
+        self.pipeline.observe(SEARCH_STAGE, started)
         size = await asyncio.to_thread(collection.size)
         self._count(trace)
         return SearchResult(
@@ -363,9 +392,11 @@ class Retriever:
                 )
             return Reference(stored=stored)
         if query.reference_image:
-            await asyncio.to_thread(
-                decode_image, query.reference_image, self._limits, label="reference_image"
-            )
+            # Decoded only to refuse a bad image before any model call; the pixels are dropped at once.
+            async with decoded_within(
+                self._decode_budget, query.reference_image, self._limits, label="reference_image"
+            ):
+                pass
             return Reference(image=query.reference_image)
         raise InvalidArgument("give the reference as reference_image.data (image bytes) or reference_id")
 
@@ -376,7 +407,27 @@ class Retriever:
             return await self.open(name)
         return await asyncio.to_thread(self.store.create, name, self.with_defaults(CollectionSettings()))
 
+    async def _prepare_within_budget(
+        self, item: IngestItem, manifest: Manifest
+    ) -> PendingImage | ItemOutcome:
+        """`_prepare` in a worker thread, its decoded size reserved in the process's decode budget first."""
+        label = f"image {item.id[:128]!r}"
+        if item.data:
+            try:
+                header = await asyncio.to_thread(probe_image, item.data, self._limits, label=label)
+            except InvalidArgument as error:
+                return ItemOutcome(item.id, "failed", "INVALID_ARGUMENT", error.message)
+            try:
+                async with self._decode_budget.reserve(header.decoded_bytes, label=label):
+                    return await to_thread_to_completion(self._prepare, item, manifest)
+            except (InvalidArgument, ResourceExhausted) as error:
+                # Larger than the whole budget, or no room freed in time: this item fails, the stream goes on.
+                return ItemOutcome(item.id, "failed", error.code.name, error.message)
+        return await asyncio.to_thread(self._prepare, item, manifest)
+
     def _prepare(self, item: IngestItem, manifest: Manifest) -> PendingImage | ItemOutcome:
+        """Validates one item (decoding its image) and hashes it. Runs in a worker thread: decoding a
+        large image takes long enough to stall every other call on the event loop."""
         if not item.id:
             return ItemOutcome(
                 "", "failed", "INVALID_ARGUMENT", "image.id is empty: every gallery image needs an id"
@@ -464,7 +515,8 @@ class Retriever:
                     )
                     continue
                 assert manifest is not None
-                prepared = await asyncio.to_thread(self._prepare, item, manifest)
+                # Off the event loop (the decode); a bad item becomes its own outcome, not the stream's.
+                prepared = await self._prepare_within_budget(item, manifest)
                 if isinstance(prepared, ItemOutcome):
                     report(prepared)
                     continue

@@ -8,15 +8,21 @@ Stage graph (each arrow waits only for what it needs):
             └─> first-R caption embeddings (WeiMoCIR)
   modification text embedding
 A reference given by id reuses its stored embedding and captions: no captioning at query time.
-Non-essential stages (captioner, reasoner) degrade to the documented fallbacks and say so;
-the encoder is essential.
+Non-essential stages (captioner, reasoner) degrade to the documented fallbacks and say so, also when the
+reasoner answers in time but with some of its items fallen back; the encoder is essential.
+
+Every stage is weighed against the request's deadline before it starts, by this process's recent durations
+of it (`latency.StageEstimates`): work the time left cannot cover is not started. An essential stage that
+cannot fit fails the search with DEADLINE_EXCEEDED at once; a non-essential one is skipped and listed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +33,7 @@ from cir_common.service_kit import StageTimer
 from cir_retriever import fusion
 from cir_retriever.clients import Budget, DownstreamError, ModelServices, ReasonedText
 from cir_retriever.gallery.types import CollectionSettings, ImageRecord
+from cir_retriever.latency import Shortfall, StageEstimates
 from cir_retriever.presets import WEIMOCIR_SLOTS
 from cir_retriever.settings import RetrieverSettings
 from cir_retriever.strategies import EditMode, Options, QueryInputs, Requirements, StrategyName
@@ -87,6 +94,59 @@ def _fit(text: str) -> str:
     return text[:ENCODER_TEXT_CHARS]
 
 
+SEARCH_STAGE = "search"  # the store search, run by the core after the pipeline: always last
+# What must still run after a stage before the search can answer; counted with the stage's own estimate
+# when deciding whether it can start (an LLM answer that arrives with no time left to embed it is wasted).
+_AFTER: dict[str, tuple[str, ...]] = {
+    "edit_captions": ("embed_edited_captions", SEARCH_STAGE),
+    "added_objects": ("embed_pseudo_token_prompt", SEARCH_STAGE),
+    SEARCH_STAGE: (),
+}
+# At most this many distinct fallback reasons are quoted in a degradation (the rest are counted).
+_REASONS_QUOTED = 2
+
+
+def stages_after(stage: str) -> tuple[str, ...]:
+    return _AFTER.get(stage, (SEARCH_STAGE,))
+
+
+def shed_message(short: Shortfall) -> str:
+    """DEADLINE_EXCEEDED text for an essential stage not started: which one, and the estimate."""
+    return (
+        f"{short.stage} was not started: the request's deadline cannot cover it ({short.describe()}, "
+        "by this retriever's recent durations); give the search a longer deadline"
+    )
+
+
+def essential_chains(needs: Requirements, reference_by_bytes: bool) -> list[tuple[str, ...]]:
+    """The essential (encoder) stages a strategy runs whatever degrades, as chains that run one after
+    another; the chains themselves run concurrently. Stages that only run when captions exist are left out:
+    this is the least a search costs."""
+    image = ("embed_reference_image",) if reference_by_bytes else ()
+    chains = [image]
+    if needs.pseudo_prompt is not None:
+        chains.append((*image, "embed_pseudo_token_prompt"))
+    if needs.text_embedding:
+        chains.append(("embed_modification_text",))
+    if needs.captions and needs.edits is not None:
+        chains.append(("embed_edited_captions",))  # the fallback text is embedded when the edits degrade
+    if needs.captions and needs.captioning_text:
+        chains.append(("embed_captioning_text",))
+    return chains
+
+
+def fallback_summary(reasons: Sequence[str]) -> str:
+    """The distinct reasons of several fallbacks, most frequent first, each with its count when mixed."""
+    counted = Counter(reason or "no reason given" for reason in reasons).most_common()
+    if len(counted) == 1:
+        return counted[0][0]
+    parts = [f"{count} x {reason}" for reason, count in counted[:_REASONS_QUOTED]]
+    rest = sum(count for _, count in counted[_REASONS_QUOTED:])
+    if rest:
+        parts.append(f"{rest} for other reasons")
+    return "; ".join(parts)
+
+
 def _template_refused(error: DownstreamError) -> bool:
     """The reasoner refused the prompt template: it does not know the name (NOT_FOUND, only a template
     lookup answers it) or the template is not an edit template (INVALID_ARGUMENT naming the template)."""
@@ -99,10 +159,44 @@ class QueryPipeline:
     def __init__(self, services: ModelServices, settings: RetrieverSettings) -> None:
         self._services = services
         self._settings = settings
+        # One per process: every search's stage durations teach the next searches what fits their deadline.
+        self.estimates = StageEstimates(settings.stage_estimate_window, settings.stage_estimate_quantile)
+
+    def admit(
+        self, strategy: StrategyName, needs: Requirements, reference_by_bytes: bool, budget: Budget
+    ) -> None:
+        """Raises DEADLINE_EXCEEDED, before any model call, when the deadline cannot cover even the
+        strategy's essential stages and the store search (by their estimates; unknown ones count 0)."""
+        if not self._settings.shed_by_estimate:
+            return
+        chains = [c for c in essential_chains(needs, reference_by_bytes) if c]
+        if self._settings.sequential_stages:
+            chains = [tuple(dict.fromkeys(stage for chain in chains for stage in chain))]
+        estimate = self.estimates.total_ms
+        longest = max(chains, key=estimate, default=())
+        needed_ms = estimate(longest) + estimate([SEARCH_STAGE])
+        left_ms = budget.remaining() * 1000.0
+        if needed_ms > 0 and needed_ms > left_ms:
+            path = " -> ".join((*longest, SEARCH_STAGE))
+            raise DeadlineExceeded(
+                f"strategy {strategy.value} was not started: its essential stages ({path}) are estimated "
+                f"at {needed_ms:.0f} ms by this retriever's recent durations, and the request's deadline "
+                f"leaves {max(left_ms, 0.0):.0f} ms; give the search a longer deadline"
+            )
+
+    def shortfall(self, stage: str, budget: Budget) -> Shortfall | None:
+        """Why `stage` cannot start within the time left (None: it may), when shedding is on."""
+        if not self._settings.shed_by_estimate:
+            return None
+        return self.estimates.shortfall(stage, stages_after(stage), budget.remaining())
+
+    def observe(self, stage: str, started: float) -> None:
+        """Records a stage's duration from its `time.perf_counter()` start."""
+        self.estimates.observe(stage, (time.perf_counter() - started) * 1000.0)
 
     async def run(self, request: QueryRequest, budget: Budget) -> tuple[QueryInputs, Trace]:
         trace = Trace()
-        run = _StageRunner(self._services, self._settings, request, budget, trace)
+        run = _StageRunner(self._services, self._settings, self, request, budget, trace)
         return await run.all(), trace
 
 
@@ -138,12 +232,14 @@ class _StageRunner:
         self,
         services: ModelServices,
         settings: RetrieverSettings,
+        pipeline: QueryPipeline,
         request: QueryRequest,
         budget: Budget,
         trace: Trace,
     ) -> None:
         self.s = services
         self.settings = settings
+        self.pipeline = pipeline
         self.r = request
         self.budget = budget
         self.trace = trace
@@ -151,16 +247,49 @@ class _StageRunner:
     # -- plumbing --------------------------------------------------------------------------------------
 
     async def _timed(self, name: str, work: Awaitable[T]) -> T:
+        started = time.perf_counter()
         with self.trace.timer.stage(name):
-            return await work
+            try:
+                result = await work
+            except asyncio.CancelledError:
+                # Cut short (another stage failed, or its budget ran out: `_optional` records that one):
+                # how long it ran says nothing of how long it takes.
+                raise
+            except BaseException:
+                self.pipeline.observe(name, started)  # a failure costs its time too
+                raise
+        self.pipeline.observe(name, started)
+        return result
+
+    async def _essential(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
+        """An essential stage: not started when the time left cannot cover it (the search would fail at
+        the deadline anyway, after spending the model services' capacity on work thrown away)."""
+        short = self.pipeline.shortfall(name, self.budget)
+        if short is not None:
+            raise DeadlineExceeded(shed_message(short))
+        return await self._timed(name, call())
+
+    def _degrade(self, stage: str, reason: str, effect: str) -> None:
+        log.warning("%s degraded: %s", stage, reason)
+        self.trace.degradations.append(Degradation(stage, reason, effect))
 
     async def _optional(
         self, stage: str, call: Callable[[], Awaitable[T]], fallback: T, effect: str, budget_s: float
-    ) -> tuple[T, bool]:
-        """Runs a non-essential stage; on failure or past its budget returns `fallback` and records why."""
+    ) -> tuple[T, str]:
+        """Runs a non-essential stage; when it cannot fit the time left, fails or runs past its budget,
+        returns `fallback` and records why. The second value is that reason ("" when the stage ran)."""
+        short = self.pipeline.shortfall(stage, self.budget)
+        if short is not None:
+            reason = f"skipped: {short.describe()}"
+            self._degrade(stage, reason, effect)
+            return fallback, reason
+        started = time.perf_counter()
         try:
-            return await asyncio.wait_for(call(), timeout=self.budget.timeout(budget_s)), True
+            return await asyncio.wait_for(call(), timeout=self.budget.timeout(budget_s)), ""
         except (TimeoutError, DownstreamError) as error:
+            if isinstance(error, TimeoutError):
+                # Cut at its budget: it takes at least this long, which is what later searches must plan for.
+                self.pipeline.observe(stage, started)
             if self.budget.remaining() <= 0:
                 raise DeadlineExceeded(f"the request's deadline passed during {stage}") from error
             reason = (
@@ -168,24 +297,29 @@ class _StageRunner:
                 if isinstance(error, DownstreamError)
                 else f"over its {budget_s:g} s budget"
             )
-            log.warning("%s degraded: %s", stage, reason)
-            self.trace.degradations.append(Degradation(stage, reason, effect))
-            return fallback, False
+            self._degrade(stage, reason, effect)
+            return fallback, reason
+
+    def _without_captions(self, stage: str, effect: str) -> None:
+        """A stage that needs captions, with none: listed unless the captions stage already said so."""
+        if not any(d.stage == "captions" for d in self.trace.degradations):
+            self._degrade(stage, "the reference has no captions", effect)
 
     async def _embed_texts(self, stage: str, texts: list[str]) -> np.ndarray:
-        return await self._timed(stage, self.s.encoder.embed_texts([_fit(t) for t in texts], self.budget))
+        return await self._essential(
+            stage, lambda: self.s.encoder.embed_texts([_fit(t) for t in texts], self.budget)
+        )
 
     # -- stages ----------------------------------------------------------------------------------------
 
     async def image_embedding(self) -> np.ndarray:
         if self.r.reference.stored is not None:
             return self.r.reference.stored.image_raw
-        assert self.r.reference.image is not None
-        embedded = await self._timed(
+        image = self.r.reference.image
+        assert image is not None
+        embedded = await self._essential(
             "embed_reference_image",
-            self.s.encoder.embed_images(
-                [self.r.reference.image], self.r.collection.preprocessing, self.budget
-            ),
+            lambda: self.s.encoder.embed_images([image], self.r.collection.preprocessing, self.budget),
         )
         return embedded.vectors[0]
 
@@ -225,8 +359,10 @@ class _StageRunner:
         if self.r.needs.edit_first_caption_only:
             captions = captions[:1]
         fallback = [self.r.text]
+        effect = "edited captions replaced by the modification text"
         if not captions:
             texts, outcomes = fallback, ["fallback: no captions"]
+            self._without_captions("edit_captions", effect)
         else:
             mode = self.r.needs.edits or EditMode.PER_CAPTION
 
@@ -252,24 +388,39 @@ class _StageRunner:
                         ) from error
                     raise
 
-            edits, ok = await self._optional(
-                "edit_captions",
-                call,
-                [],
-                "edited captions replaced by the modification text",
-                self.settings.reasoner_budget_s,
+            edits, why = await self._optional(
+                "edit_captions", call, [], effect, self.settings.reasoner_budget_s
             )
-            if ok and edits:
-                texts, outcomes = [e.text for e in edits], [e.outcome for e in edits]
+            if not why and not edits:
+                why = "the reasoner answered no edited captions"
+                self._degrade("edit_captions", why, effect)
+            if why:
+                texts, outcomes = fallback, [f"fallback: {why}"]
             else:
-                texts, outcomes = fallback, ["fallback: reasoner unavailable"]
+                texts, outcomes = [e.text for e in edits], [e.outcome for e in edits]
+                self._list_edit_fallbacks(edits)
         self.trace.edited_captions, self.trace.edit_outcomes = texts, outcomes
         return await self._embed_texts("embed_edited_captions", texts)
 
+    def _list_edit_fallbacks(self, edits: list[ReasonedText]) -> None:
+        """The reasoner answered in time, but items it could not generate or parse fell back to the
+        instruction text (its deadline cut the generation, the LLM call failed, or nothing parseable was
+        left). Each such item changes the query, so the search says how many. An empty answer
+        ("fallback_empty") counts as well: it is replaced by the same instruction text as a failed call."""
+        reasons = [e.fallback_reason for e in edits if not e.parsed]
+        if reasons:
+            self._degrade(
+                "edit_captions",
+                f"{len(reasons)} of {len(edits)} edited captions fell back: {fallback_summary(reasons)}",
+                f"{len(reasons)} of {len(edits)} edited captions replaced by the modification text",
+            )
+
     async def objects(self, captions_task: asyncio.Task[list[str]]) -> str:
         captions = await captions_task
+        effect = "no added objects in the fine-grained prompt"
         if not captions:
             self.trace.objects_outcome = "fallback: no captions"
+            self._without_captions("added_objects", effect)
             return ""
 
         async def call() -> ReasonedText:
@@ -284,16 +435,15 @@ class _StageRunner:
                 ),
             )
 
-        result, ok = await self._optional(
-            "added_objects",
-            call,
-            None,
-            "no added objects in the fine-grained prompt",
-            self.settings.reasoner_budget_s,
+        result, why = await self._optional(
+            "added_objects", call, None, effect, self.settings.reasoner_budget_s
         )
-        if not ok or result is None:
-            self.trace.objects_outcome = "fallback: reasoner unavailable"
+        if result is None:
+            self.trace.objects_outcome = f"fallback: {why}"
             return ""
+        if not result.parsed:
+            # As for the edits: a failed, cut or empty answer leaves the prompt without objects.
+            self._degrade("added_objects", f"the added objects fell back: {result.fallback_reason}", effect)
         self.trace.added_objects, self.trace.objects_outcome = result.text, result.outcome
         return result.text
 
@@ -306,9 +456,9 @@ class _StageRunner:
             prompt = fusion.textual_inversion_prompt(self.r.text)
         self.trace.prompt = prompt
         image = await image_task
-        return await self._timed(
+        return await self._essential(
             "embed_pseudo_token_prompt",
-            self.s.encoder.embed_composed_prompt(
+            lambda: self.s.encoder.embed_composed_prompt(
                 _fit(prompt), image, self.r.needs.pseudo_prompt or "", self.budget
             ),
         )

@@ -38,6 +38,14 @@ class RetrieverSettings(ServiceSettings):
     # Non-essential stages past these budgets degrade (fallbacks) instead of failing the search.
     captioner_budget_s: float = 30.0
     reasoner_budget_s: float = 60.0
+    # Shed work the deadline cannot cover, by each stage's recent durations in this process: a search whose
+    # deadline is shorter than its strategy's essential stages fails with DEADLINE_EXCEEDED before any
+    # model call; an essential stage (encoder, store search) that cannot fit fails it at once; a
+    # non-essential one (captions, LLM edits / objects) is skipped with a listed degradation.
+    shed_by_estimate: bool = True
+    # A stage's estimate: this quantile of its last STAGE_ESTIMATE_WINDOW durations (0.5 = the median).
+    stage_estimate_window: int = 32
+    stage_estimate_quantile: float = 0.5
     # Run query stages one after another instead of concurrently (for measuring what concurrency buys).
     sequential_stages: bool = False
     # Ingestion: images per pipeline batch, and batches in flight before the stream is paused.

@@ -559,6 +559,8 @@ class GalleryStore:
         return sorted(p.name for p in self.root.iterdir() if (p / _DB_FILE).exists())
 
     def drop(self, name: str) -> int:
+        # Checked before the name becomes a path: it is removed recursively.
+        validate_collection_name(name)
         with self._lock:
             collection = self._open_locked(name)
             size = collection.size()
