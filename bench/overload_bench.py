@@ -157,6 +157,7 @@ async def _run(address: str, strategy: str, concurrency: int, seconds: float, de
 def bench_goodput(
     profile: Path,
     workdir: Path,
+    strategies: list[str],
     concurrencies: list[int],
     seconds: dict[str, float],
     deadlines: dict[str, float],
@@ -168,7 +169,7 @@ def bench_goodput(
     try:
         stub = connect(suite.retriever_address)
         index_folder(stub, COLLECTION, _gallery(workdir / "gallery", 32))
-        for strategy in ("image_only", "cvsi"):
+        for strategy in strategies:
             # One untimed search first: the first call of each stage loads lazily.
             asyncio.run(_run(suite.retriever_address, strategy, 1, 0.1, deadlines[strategy] * 3))
             for concurrency in concurrencies:
@@ -191,6 +192,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/results/overload.json")
     parser.add_argument("--concurrency", default="1,4,16,64", help="comma-separated caller counts")
+    parser.add_argument("--strategies", default="image_only,cvsi", help="comma-separated strategies")
     parser.add_argument("--seconds-image-only", type=float, default=20.0)
     parser.add_argument("--seconds-cvsi", type=float, default=60.0)
     parser.add_argument("--deadline-image-only", type=float, default=2.0, help="per-search deadline (s)")
@@ -204,6 +206,7 @@ def main() -> None:
         goodput, details = bench_goodput(
             profile,
             Path(tmp),
+            args.strategies.split(","),
             concurrencies,
             {"image_only": args.seconds_image_only, "cvsi": args.seconds_cvsi},
             {"image_only": args.deadline_image_only, "cvsi": args.deadline_cvsi},

@@ -7,6 +7,7 @@ Milvus engine, milvus-lite's server, holding all state). One suite per backend (
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import itertools
 import subprocess
@@ -402,6 +403,37 @@ def test_a_deadline_shorter_than_the_pipeline_is_deadline_exceeded(stub, gallery
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # the suite is still fine afterwards
     assert len(_search(stub, reference_id="ring-45", strategy="image_only").hits) == 10
+
+
+def test_a_burst_of_generative_searches_is_refused_at_once_past_capacity(suite, tmp_path):
+    """The tiny profile admits one captioning/LLM search at a time and queues four: a burst of twelve gets
+    RESOURCE_EXHAUSTED with a retry hint for the rest at once, and every admitted one finishes in time."""
+    if suite.store != "local":
+        pytest.skip("admission is the retriever's, whatever its store: checked once")
+    stub = connect(suite.retriever_address)
+    requests = []
+    for number in range(12):
+        image = tmp_path / f"burst-{number}.png"
+        _draw(SHAPES[number % 5], (20 * number, 200 - 10 * number, 90), (240, 240, 240), (90, 90)).save(image)
+        requests.append(search_request("shapes", f"burst {number} in another colour", image=image))
+
+    def send(request: retriever_pb2.SearchRequest) -> grpc.StatusCode | tuple[str, ...]:
+        try:
+            stub.Search(request, timeout=300)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return tuple(key for key, _ in error.trailing_metadata() or ())
+            return error.code()
+        return grpc.StatusCode.OK
+
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        outcomes = list(pool.map(send, requests))
+    refused = [o for o in outcomes if isinstance(o, tuple)]
+    # 12 at once against 1 running + 4 queued: at least 7 refused, whatever the machine's speed.
+    assert len(refused) >= 7, outcomes
+    assert all("x-cir-retry-after-ms" in keys for keys in refused), refused
+    # The admitted ones all finished, inside their deadline (a late one would be DEADLINE_EXCEEDED).
+    assert outcomes.count(grpc.StatusCode.OK) == len(outcomes) - len(refused), outcomes
 
 
 def test_a_deadline_inside_the_llm_stage_leaves_no_generation_running(suite, stub):

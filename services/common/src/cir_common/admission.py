@@ -164,9 +164,18 @@ class AdmissionStats:
 class AdmissionGate:
     """At most `max_running` calls run and `max_queued` wait; the rest are refused with a retry hint."""
 
-    def __init__(self, max_running: int, max_queued: int, *, service: str = "the service") -> None:
+    def __init__(
+        self,
+        max_running: int,
+        max_queued: int,
+        *,
+        service: str = "the service",
+        settings: tuple[str, str] = ("max_concurrent_rpcs", "max_queued_rpcs"),
+    ) -> None:
         self._slots = FairSemaphore(max_running, max_waiters=max_queued)
         self._service = service
+        # The names of the two limits, as the operator sets them, for the refusal messages.
+        self._running_setting, self._queued_setting = settings
         self._call_time = MeanDuration()
         self.stats = AdmissionStats()
 
@@ -177,6 +186,10 @@ class AdmissionGate:
     @property
     def waiting(self) -> int:
         return self._slots.waiting
+
+    def observe(self, seconds: float) -> None:
+        """Times one call by hand, for callers that admit with `timed=False` to choose which calls count."""
+        self._call_time.observe(seconds)
 
     def expected_wait_s(self) -> float:
         """About how long a call arriving now waits for a slot: the calls queued ahead drain through the
@@ -198,12 +211,13 @@ class AdmissionGate:
 
     @asynccontextmanager
     async def admit(
-        self, time_remaining: Callable[[], float | None], *, timed: bool = True
+        self, time_remaining: Callable[[], float | None], *, timed: bool = True, shed: bool | None = None
     ) -> AsyncIterator[None]:
         """Holds one slot for the body. `time_remaining` is the call's (None: no deadline); `timed` calls
-        feed the mean call time behind retry hints (streams, which hold a slot for long, should not)."""
+        feed the mean call time behind retry hints (streams, which hold a slot for long, should not).
+        `shed` (default: `timed`) refuses at once a call the queue ahead would keep past its deadline."""
         remaining = time_remaining()
-        if timed and self._cannot_finish_in_time(remaining):
+        if (timed if shed is None else shed) and self._cannot_finish_in_time(remaining):
             # Shed now rather than queue a call that would time out in the queue or in its work: the slot
             # it would take is better spent on a call that can still finish (goodput under overload).
             self.stats.shed += 1
@@ -219,8 +233,8 @@ class AdmissionGate:
         except QueueFull:
             self.stats.rejected += 1
             raise ResourceExhausted(
-                f"{self._service} is at capacity: {self.running} calls running (max_concurrent_rpcs="
-                f"{self._slots.capacity}) and {self.waiting} queued (max_queued_rpcs="
+                f"{self._service} is at capacity: {self.running} calls running ({self._running_setting}="
+                f"{self._slots.capacity}) and {self.waiting} queued ({self._queued_setting}="
                 f"{self._slots.max_waiters}); retry after the delay in the x-cir-retry-after-ms trailer, "
                 "or send fewer calls at once",
                 retry_after_ms=self.retry_after_ms(),
@@ -229,7 +243,7 @@ class AdmissionGate:
             self.stats.queue_timeouts += 1
             raise DeadlineExceeded(
                 f"the call's deadline passed while it waited for one of {self._service}'s "
-                f"{self._slots.capacity} call slots (max_concurrent_rpcs); it did not run"
+                f"{self._slots.capacity} call slots ({self._running_setting}); it did not run"
             ) from None
         except asyncio.CancelledError:
             # gRPC cancels a call at its deadline too, possibly before our own timer fires; its clock and

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from cir_common.admission import to_thread_to_completion
+from cir_common.admission import AdmissionGate, to_thread_to_completion
 from cir_common.errors import (
     CirError,
+    ConfigError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -184,6 +185,23 @@ class Retriever:
         # Decoded pixels of references and ingested images, summed over every call in flight: many large
         # images at once must not take the process past its memory (callers past it wait, then are refused).
         self._decode_budget = decode_budget(settings, ENV_PREFIX)
+        # The captioner and LLM stages are the scarce capacity: a search admitted past what they finish in
+        # time makes every search miss its deadline (goodput collapse), so such searches take a turn first.
+        if settings.max_concurrent_generative_searches < 1 or settings.max_queued_generative_searches < 0:
+            raise ConfigError(
+                f"{ENV_PREFIX}MAX_CONCURRENT_GENERATIVE_SEARCHES={settings.max_concurrent_generative_searches}"
+                f" and {ENV_PREFIX}MAX_QUEUED_GENERATIVE_SEARCHES={settings.max_queued_generative_searches}: "
+                "need at least 1 running and 0 or more queued"
+            )
+        self._generative_searches = AdmissionGate(
+            settings.max_concurrent_generative_searches,
+            settings.max_queued_generative_searches,
+            service="the retriever's captioning and LLM stages",
+            settings=(
+                f"{ENV_PREFIX}MAX_CONCURRENT_GENERATIVE_SEARCHES",
+                f"{ENV_PREFIX}MAX_QUEUED_GENERATIVE_SEARCHES",
+            ),
+        )
         self._encoder_info: tuple[float, EncoderInfo] | None = None
 
     async def load(self) -> None:
@@ -344,7 +362,17 @@ class Retriever:
             reference_captions=query.return_features and strategy is StrategyName.LDRE,
             edit_template_from_caller=bool(query.choices.edit_template),
         )
-        inputs, trace = await self.pipeline.run(request, budget)
+        if needs.captions or needs.edits is not None or needs.objects:
+            async with self._generative_searches.admit(budget.remaining, timed=False, shed=True):
+                started = time.monotonic()
+                inputs, trace = await self.pipeline.run(request, budget)
+                if not trace.degradations:
+                    # Only whole runs say how long a search holds its turn: counting the shortened ones
+                    # (stages skipped or cut) would make the gate admit more than can finish in time,
+                    # which shortens more of them.
+                    self._generative_searches.observe(time.monotonic() - started)
+        else:
+            inputs, trace = await self.pipeline.run(request, budget)
         slots = await asyncio.to_thread(collection.caption_slot_count)
         composed_inputs, composed_options = without_missing_caption_slots(strategy, inputs, options, slots)
         if composed_options is not options:

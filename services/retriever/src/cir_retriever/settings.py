@@ -46,6 +46,13 @@ class RetrieverSettings(ServiceSettings):
     # A stage's estimate: this quantile of its last STAGE_ESTIMATE_WINDOW durations (0.5 = the median).
     stage_estimate_window: int = 32
     stage_estimate_quantile: float = 0.5
+    # Searches that run a generative model at query time (captioner or LLM: every strategy but image_only,
+    # text_only and textual inversion) at once, and waiting for a turn; past both, RESOURCE_EXHAUSTED with
+    # a retry hint, and a search whose deadline the queue ahead outlasts is refused at once. Size it to
+    # what the captioner and reasoner behind this replica finish within callers' deadlines: more only
+    # stretches every search until all miss their deadlines (the CPU tiny profile sets 1).
+    max_concurrent_generative_searches: int = 64
+    max_queued_generative_searches: int = 128
     # Run query stages one after another instead of concurrently (for measuring what concurrency buys).
     sequential_stages: bool = False
     # Ingestion: images per pipeline batch, and batches in flight before the stream is paused.
