@@ -32,6 +32,7 @@ from PIL import Image
 
 from cir.captioner.v1 import captioner_pb2, captioner_pb2_grpc
 from cir.common.v1 import common_pb2
+from cir_captioner.core import build_engine
 from cir_captioner.decoding import (
     DecodingOverrides,
     Variant,
@@ -40,7 +41,7 @@ from cir_captioner.decoding import (
     resolve_decoding,
 )
 from cir_captioner.engine import CaptionEngine
-from cir_captioner.service import CaptionerServicer, build_engine
+from cir_captioner.service import CaptionerServicer
 from cir_captioner.settings import ENV_PREFIX, SECTION, CaptionerSettings
 from cir_common.cache import MemoryCache
 from cir_common.config import load_settings
@@ -138,12 +139,13 @@ async def end_to_end(settings: CaptionerSettings, concurrency: int, requests_eac
         await caller(0)  # warm-up
         latencies.clear()
         captions = 0
-        batches_before = servicer._batcher.stats.batches if servicer._batcher else 0
-        items_before = servicer._batcher.stats.items if servicer._batcher else 0
+        before = servicer.core.stats().batching
+        batches_before = before.batches if before else 0
+        items_before = before.items if before else 0
         started = time.perf_counter()
         await asyncio.gather(*(caller(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
-    stats = servicer._batcher.stats if servicer._batcher else None
+    stats = servicer.core.stats().batching
     await host.stop()
     latencies.sort()
     batches = stats.batches - batches_before if stats else 0

@@ -32,8 +32,9 @@ from cir_common.cache import MemoryCache
 from cir_common.config import load_settings
 from cir_common.server import ServiceHost
 from cir_common.tiny_pack import build_tiny_pack
+from cir_encoder.core import build_engine
 from cir_encoder.engine import EncoderEngine
-from cir_encoder.service import EncoderServicer, build_engine
+from cir_encoder.service import EncoderServicer
 from cir_encoder.settings import ENV_PREFIX, SECTION, EncoderSettings
 
 
@@ -117,7 +118,7 @@ async def _load_under_concurrency(settings: EncoderSettings, concurrency: int, r
         started = time.perf_counter()
         await asyncio.gather(*(caller(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
-    stats = servicer._image_batcher.stats if servicer._image_batcher else None
+    stats = servicer.core.stats().images
     await host.stop()
     latencies.sort()
     return {

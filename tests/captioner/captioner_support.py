@@ -93,7 +93,7 @@ def start_captioner(settings: CaptionerSettings, cache: Cache) -> RunningCaption
     before = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status
     server.load_and_serve()
     after = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME)).status
-    model = servicer.engine.blip2.model
+    model = servicer.core.engine.blip2.model
     spy = GenerateSpy(model.generate)
     model.generate = spy  # instance attribute: the engine's calls go through the spy
     return RunningCaptioner(

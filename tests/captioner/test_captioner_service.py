@@ -62,7 +62,7 @@ def test_health_turns_serving_only_after_the_model_loaded(captioner):
 
 def test_model_info_reports_model_defaults_and_limits(captioner, tiny_pack):
     info = captioner.stub.GetModelInfo(captioner_pb2.GetModelInfoRequest())
-    folder = Path(captioner.servicer.settings.model)
+    folder = Path(captioner.servicer.core.settings.model)
     weights = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert (info.model.name, info.model.revision, info.model.family) == (folder.name, weights, "blip2")
     assert info.model.details["image_size"] == "32x32"
@@ -92,8 +92,8 @@ def test_default_request_gives_n_stripped_captions_without_the_prompt(captioner)
     assert {t.stage for t in response.timings} == {"decode", "generate"}
     # The prompt did reach the model, after one placeholder per query token: it was left out of the output.
     call = captioner.spy.calls[before]
-    tokenizer = captioner.servicer.engine.blip2.processor.tokenizer
-    prompt_ids = call.input_ids[0, captioner.servicer.engine.blip2.num_query_tokens :]
+    tokenizer = captioner.servicer.core.engine.blip2.processor.tokenizer
+    prompt_ids = call.input_ids[0, captioner.servicer.core.engine.blip2.num_query_tokens :]
     assert tokenizer.decode(prompt_ids, skip_special_tokens=True) == DEFAULT_PROMPT
 
 
@@ -104,7 +104,7 @@ def test_a_custom_prompt_is_used_but_never_returned(captioner):
     assert response.decoding.prompt == prompt
     (captions,) = _captions(response)
     assert len(captions) == 4 and all(prompt not in c and "qqxj" not in c for c in captions)
-    tokenizer = captioner.servicer.engine.blip2.processor.tokenizer
+    tokenizer = captioner.servicer.core.engine.blip2.processor.tokenizer
     assert prompt in tokenizer.decode(captioner.spy.calls[before].input_ids[0], skip_special_tokens=True)
 
 
@@ -195,7 +195,7 @@ def test_mixed_image_sizes_share_one_generate_call(captioner):
 def test_concurrent_callers_each_get_their_own_captions(captioner, decoding):
     images = [_image(i) for i in range(len(COLOURS))]
     references = _single_references(captioner, images, **decoding)
-    batches_before = captioner.servicer._batcher.stats.batches
+    batches_before = captioner.servicer.core.stats().batching.batches
 
     def call(index: int) -> list[str]:
         return _captions(captioner.stub.GenerateCaptions(_request([images[index]], 3, **decoding)))[0]
@@ -203,7 +203,7 @@ def test_concurrent_callers_each_get_their_own_captions(captioner, decoding):
     with ThreadPoolExecutor(max_workers=len(images)) as pool:
         results = list(pool.map(call, range(len(images))))
     assert results == references
-    assert captioner.servicer._batcher.stats.batches - batches_before < len(images)
+    assert captioner.servicer.core.stats().batching.batches - batches_before < len(images)
 
 
 def test_a_cache_hit_returns_the_same_captions_without_running_the_model(captioner):

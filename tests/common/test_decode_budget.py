@@ -69,7 +69,7 @@ def encoder(tiny_pack):
 @contextmanager
 def _held(server: ServerThread, nbytes: int) -> Iterator[None]:
     """Takes `nbytes` of the server's budget (on its loop) for the block, as a request decoding would."""
-    reservation = server.servicer.decode_budget.reserve(nbytes, label="the test's hold")
+    reservation = server.servicer.core.decode_budget.reserve(nbytes, label="the test's hold")
     server.call(reservation.__aenter__())
     try:
         yield
@@ -86,7 +86,7 @@ def _wait_until(condition, what: str) -> None:
 
 
 def test_a_request_waits_for_room_while_small_images_are_still_served(encoder):
-    budget = encoder.servicer.decode_budget
+    budget = encoder.servicer.core.decode_budget
     waited_before = budget.stats.waited
     with ThreadPoolExecutor(max_workers=1) as pool:
         with _held(encoder, BIG_BYTES):
@@ -102,7 +102,7 @@ def test_a_request_waits_for_room_while_small_images_are_still_served(encoder):
 
 
 def test_a_request_that_finds_no_room_in_time_is_resource_exhausted(encoder):
-    budget = encoder.servicer.decode_budget
+    budget = encoder.servicer.core.decode_budget
     with _held(encoder, BIG_BYTES):
         budget.max_wait_s = 0.05
         try:
@@ -119,7 +119,7 @@ def test_a_request_that_finds_no_room_in_time_is_resource_exhausted(encoder):
 
 
 def test_images_larger_than_the_whole_budget_are_refused_at_once(encoder):
-    budget = encoder.servicer.decode_budget
+    budget = encoder.servicer.core.decode_budget
     with pytest.raises(grpc.RpcError) as err:
         encoder.stub.EmbedImages(_request(_png(2000, (9, 9, 9))), timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -133,7 +133,7 @@ def test_images_larger_than_the_whole_budget_are_refused_at_once(encoder):
 
 
 def test_concurrent_big_images_stay_within_the_budget_and_are_all_served(encoder):
-    budget = encoder.servicer.decode_budget
+    budget = encoder.servicer.core.decode_budget
     before = budget.stats.reservations
     requests = [_request(_png(BIG_SIDE, (i * 20, 0, 0))) for i in range(6)]
     with ThreadPoolExecutor(max_workers=len(requests)) as pool:

@@ -20,8 +20,9 @@ from cir_common.cache import MemoryCache
 from cir_common.errors import ConfigError
 from cir_common.vectors import vector_from_proto
 from cir_encoder.__main__ import SERVICE_NAME
+from cir_encoder.core import build_engine
 from cir_encoder.phi import Phi
-from cir_encoder.service import EncoderServicer, build_engine
+from cir_encoder.service import EncoderServicer
 from cir_encoder.settings import ENV_PREFIX, SECTION, EncoderSettings
 
 FLOATS = common_pb2.VECTOR_FORMAT_FLOATS
@@ -181,7 +182,7 @@ def test_concurrent_callers_each_get_their_own_results(encoder):
         )
         for t in texts
     }
-    batches_before = encoder.servicer._image_batcher.stats.batches
+    batches_before = encoder.servicer.core.stats().images.batches
 
     def image_call(seed):
         request = encoder_pb2.EmbedImagesRequest(images=[_image(seed)], bypass_cache=True)
@@ -199,7 +200,7 @@ def test_concurrent_callers_each_get_their_own_results(encoder):
     for text, vector in text_results:
         np.testing.assert_allclose(vector, expected_texts[text], atol=1e-5)
     # 12 concurrent single-image calls shared model calls
-    assert encoder.servicer._image_batcher.stats.batches - batches_before < len(seeds)
+    assert encoder.servicer.core.stats().images.batches - batches_before < len(seeds)
 
 
 def test_texts_report_truncation(encoder):
@@ -267,7 +268,7 @@ def test_composed_prompt_from_image_equals_prompt_from_its_raw_embedding(encoder
         atol=1e-6,
     )
     # the token is Phi(raw image embedding), computed directly with the loaded network
-    engine = encoder.servicer.engine
+    engine = encoder.servicer.core.engine
     _, phi = engine.resolve_mapping_network("lincir")
     with torch.inference_mode():
         token = phi.module(torch.from_numpy(vector_from_proto(raw))[None])[0].numpy()
@@ -356,7 +357,7 @@ def test_a_mapping_network_that_does_not_fit_the_clip_model_is_refused(tiny_pack
 
 def test_a_reference_embedding_too_large_for_the_model_is_refused_not_answered_with_nan(encoder, monkeypatch):
     stub = encoder.stub
-    dim = encoder.servicer.engine.clip.embed_dim
+    dim = encoder.servicer.core.engine.clip.embed_dim
     huge = common_pb2.Vector(values=[3e38] + [0.0] * (dim - 1))  # finite float32, but overflows the model
     code, message = _code(
         stub.EmbedComposedPrompts,
@@ -377,7 +378,7 @@ def test_a_reference_embedding_too_large_for_the_model_is_refused_not_answered_w
     assert np.isfinite(_text_matrix(answer.embeddings)).all()
 
     # whatever the cause, a non-finite result is refused, never answered OK
-    engine = encoder.servicer.engine
+    engine = encoder.servicer.core.engine
     real = engine.embed_composed
 
     def overflowing(token_ids, pseudo_tokens):

@@ -161,7 +161,7 @@ def test_the_service_refuses_a_long_image_before_batching(tiny_pack):
             message = str(refused.value)
             assert "images[1] is 65535x1: aspect ratio 65535:1 is beyond the limit of 20:1" in message
             assert "CIR_ENCODER_MAX_ASPECT_RATIO" in message
-            assert servicer._image_batcher is not None and servicer._image_batcher.stats.items == 0
+            assert servicer.core.stats().images is not None and servicer.core.stats().images.items == 0
             answer = await servicer.EmbedImages(encoder_pb2.EmbedImagesRequest(images=[ok]), None)
             assert len(answer.embeddings) == 1
         finally:

@@ -81,7 +81,7 @@ class RunningReasoner:
 
     @property
     def backend(self) -> Any:
-        return self.servicer.backend
+        return self.servicer.core.backend
 
     def stop(self) -> None:
         self.channel.close()

@@ -147,9 +147,9 @@ def test_cache_hits_skip_the_model(reasoner: RunningReasoner) -> None:
 def test_the_prompt_budget_drops_captions_and_says_so(
     reasoner: RunningReasoner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    template = reasoner.servicer.templates.get("edit_structural", "edit")
+    template = reasoner.servicer.core.templates.get("edit_structural", "edit")
     budget = reasoner.backend.prepare(template.render(", ".join(CAPTIONS[:6]), INSTRUCTION)).token_count
-    monkeypatch.setattr(reasoner.servicer.settings, "max_prompt_tokens", budget)
+    monkeypatch.setattr(reasoner.servicer.core.settings, "max_prompt_tokens", budget)
     joined = reasoner.stub.EditCaptions(edit_request(mode=JOINED))
     assert (joined.captions_used, joined.captions_truncated) == (6, True)
     assert list(joined.edits[0].caption_indices) == list(range(6))

@@ -79,7 +79,7 @@ def engine_reasoner(
     running = start_reasoner(settings, cache)
     yield running
     running.stop()
-    assert running.servicer._backend is not None and running.servicer._backend.engine is None
+    assert running.servicer.core._backend is not None and running.servicer.core._backend.engine is None
 
 
 # A stop string the model never writes: its requests finish by length or EOS, both of which the engine
@@ -153,7 +153,7 @@ def test_model_info_reports_the_engine(
 
 def test_real_length_prompts_fit_the_tiny_models_context(engine_reasoner: RunningReasoner) -> None:
     backend = engine_reasoner.backend
-    settings = engine_reasoner.servicer.settings
+    settings = engine_reasoner.servicer.core.settings
     for template in TemplateRegistry.load().all():
         prompt = backend.prepare(template.render(", ".join(CAPTIONS), INSTRUCTION))
         # Counted with the tiny LLM's own tokenizer, chat template included.
@@ -184,7 +184,7 @@ def test_prompts_reach_the_engine_as_token_ids_tokenized_off_the_event_loop(
     # Tokenized once, on the service's prompt thread: the event loop (health checks) never waits for it...
     assert loop_thread(engine_reasoner) not in threads
     # ...and the engine gets token ids, which it does not tokenize again (on the loop, in add_request).
-    template = engine_reasoner.servicer.templates.get("edit_structural", "edit")
+    template = engine_reasoner.servicer.core.templates.get("edit_structural", "edit")
     expected = [backend.prepare(template.render(c, INSTRUCTION)).token_ids for c in CAPTIONS[:3]]
     assert [set(p) for p in added] == [{"prompt_token_ids"}] * 3
     assert [tuple(p["prompt_token_ids"]) for p in added] == expected

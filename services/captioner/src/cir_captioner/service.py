@@ -1,43 +1,26 @@
-"""CaptionerService: request validation, caching and batching around the CaptionEngine."""
+"""CaptionerService: converts each request for the core (`Captioner`) and its answer back; nothing else.
+
+Errors raised by the core are `cir_common.errors` types; the server's interceptor maps them to status codes.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cir.captioner.v1 import captioner_pb2, captioner_pb2_grpc
 from cir.common.v1 import common_pb2
-from cir_captioner.blip2_loading import load_blip2
-from cir_captioner.decoding import (
-    DecodingOverrides,
-    DecodingParams,
-    Variant,
-    defaults_from_settings,
-    limits_from_settings,
-    resolve_decoding,
-)
-from cir_captioner.engine import CaptionEngine
-from cir_captioner.settings import ENV_PREFIX, CaptionerSettings
-from cir_common.batching import MicroBatcher
-from cir_common.cache import Cache, cache_from_settings, cache_key, pack_json, unpack_json
-from cir_common.errors import ConfigError, InvalidArgument, Unavailable
-from cir_common.memo import get_or_compute
-from cir_common.service_kit import (
-    StageTimer,
-    decode_budget,
-    decoded_request_images,
-    pending_items_limit,
-    require_items,
-)
-
-log = logging.getLogger(__name__)
-
-CACHE_KIND = "blip2_captions"
+from cir_captioner.core import Captioner, ModelInfo
+from cir_captioner.decoding import DecodingOverrides, DecodingParams, Variant
+from cir_captioner.settings import CaptionerSettings
+from cir_common.cache import Cache
+from cir_common.errors import InvalidArgument
+from cir_common.images import DecodeBudget, DecodedImage
+from cir_common.service_kit import StageTimer, decoded_request_images
 
 _VARIANT_FROM_PROTO = {
     captioner_pb2.DECODING_VARIANT_NUCLEUS: Variant.NUCLEUS,
@@ -46,10 +29,6 @@ _VARIANT_FROM_PROTO = {
 _VARIANT_TO_PROTO = {variant: value for value, variant in _VARIANT_FROM_PROTO.items()}
 # The proto's optional fields, named as in DecodingOverrides.
 _OPTIONAL = tuple(f.name for f in dataclasses.fields(DecodingOverrides) if f.name != "variant")
-
-
-def build_engine(settings: CaptionerSettings) -> CaptionEngine:
-    return CaptionEngine(load_blip2(settings.model, settings.device, settings.dtype))
 
 
 def _proto_float(value: float) -> float:
@@ -90,135 +69,75 @@ def params_to_proto(params: DecodingParams) -> captioner_pb2.DecodingParameters:
     return message
 
 
+def model_identity_to_proto(model: ModelInfo) -> common_pb2.ModelIdentity:
+    height, width = model.image_size
+    return common_pb2.ModelIdentity(
+        name=model.name,
+        revision=model.revision,
+        family=model.family,
+        details={"device": model.device, "dtype": model.dtype, "image_size": f"{height}x{width}"},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProtoImages:
+    """A request's `cir.common.v1.Image` messages as the core's `RequestImages`: the shared intake reads them
+    (bytes, or a file under the allowed roots) and decodes them when the core asks, inside its budget."""
+
+    images: Sequence[common_pb2.Image]
+    settings: CaptionerSettings
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def decoded(
+        self, budget: DecodeBudget, timer: StageTimer
+    ) -> AbstractAsyncContextManager[list[DecodedImage]]:
+        return decoded_request_images(self.images, self.settings, budget, timer=timer)
+
+
 class CaptionerServicer(captioner_pb2_grpc.CaptionerServiceServicer):
     def __init__(self, settings: CaptionerSettings, cache: Cache | None = None) -> None:
-        # Checked before the model loads: a bad default should stop the process, not the first request.
-        self.defaults = defaults_from_settings(settings)
-        self.limits = limits_from_settings(settings)
-        self.default_params = resolve_decoding(DecodingOverrides(), 0, self.defaults, self.limits)
-        self.settings = settings
-        self.cache = cache or cache_from_settings(settings)
-        self.decode_budget = decode_budget(settings, ENV_PREFIX)
-        self._engine: CaptionEngine | None = None
-        self._batcher: MicroBatcher[DecodingParams, Image.Image, list[str]] | None = None
-
-    async def close(self) -> None:
-        if self._batcher is not None:
-            self._batcher.close()
-        await self.cache.close()
+        self.core = Captioner(settings, cache)
 
     async def load(self) -> None:
-        engine = await asyncio.to_thread(build_engine, self.settings)
-        try:
-            engine.check_fits_context(self.default_params)
-        except InvalidArgument as error:
-            raise ConfigError(
-                f"the default decoding does not fit {self.settings.model}: {error.message}"
-            ) from None
-        self._batcher = MicroBatcher(
-            engine.caption,
-            max_batch_size=self.settings.batch_max_images,
-            window_s=self.settings.batch_window_ms / 1000.0,
-            name="captions",
-            max_pending_items=pending_items_limit(
-                self.settings, self.settings.batch_max_images, self.settings.max_images_per_request
-            ),
-            limit_setting=f"{ENV_PREFIX}MAX_PENDING_BATCH_ITEMS",
-        )
-        self._engine = engine
-        log.info(
-            "loaded %s on %s/%s (image size %s); default %s, N=%d, prompt %r",
-            engine.identity,
-            engine.blip2.device,
-            engine.dtype_name,
-            engine.blip2.image_size,
-            self.defaults.variant.value,
-            self.defaults.num_captions,
-            self.defaults.prompt,
-        )
+        await self.core.load()
 
-    @property
-    def engine(self) -> CaptionEngine:
-        if self._engine is None:
-            raise Unavailable("the captioner model is not loaded yet")
-        return self._engine
-
-    def _model_identity(self) -> common_pb2.ModelIdentity:
-        engine = self.engine
-        height, width = engine.blip2.image_size
-        return common_pb2.ModelIdentity(
-            name=engine.name,
-            revision=engine.revision,
-            family="blip2",
-            details={
-                "device": engine.blip2.device,
-                "dtype": engine.dtype_name,
-                "image_size": f"{height}x{width}",
-            },
-        )
-
-    def _cache_params(self, params: DecodingParams) -> dict[str, object]:
-        # The weights hash does not cover the processor config or the numeric precision; both change captions.
-        engine = self.engine
-        return {
-            **params.cache_params(),
-            "image_size": list(engine.blip2.image_size),
-            "dtype": engine.dtype_name,
-        }
+    async def close(self) -> None:
+        await self.core.close()
 
     async def GenerateCaptions(
         self, request: captioner_pb2.GenerateCaptionsRequest, context: object
     ) -> captioner_pb2.GenerateCaptionsResponse:
-        require_items(
-            request.images,
-            "images",
-            self.settings.max_images_per_request,
-            f"{ENV_PREFIX}MAX_IMAGES_PER_REQUEST",
+        result = await self.core.generate_captions(
+            _ProtoImages(request.images, self.core.settings),
+            request.num_captions,
+            overrides_from_proto(request.decoding),
+            bypass_cache=request.bypass_cache,
         )
-        params = resolve_decoding(
-            overrides_from_proto(request.decoding), request.num_captions, self.defaults, self.limits
-        )
-        engine = self.engine
-        timer = StageTimer()
-        # The decoded pixels count against the process's budget until the model has run on them.
-        async with decoded_request_images(
-            request.images, self.settings, self.decode_budget, timer=timer
-        ) as decoded:
-            cache_params = self._cache_params(params)
-            keys = [cache_key(CACHE_KIND, engine.identity, cache_params, d.content_sha256) for d in decoded]
-            assert self._batcher is not None
-            batcher = self._batcher
-
-            async def compute(indices: list[int]) -> list[bytes]:
-                with timer.stage("generate"):
-                    captions = await batcher.submit(params, [decoded[i].image for i in indices])
-                return [pack_json(c) for c in captions]
-
-            # Unseeded requests are cached too: the first sample is pinned, so a gallery's captions stay put.
-            memo = await get_or_compute(self.cache, keys, compute, bypass=request.bypass_cache)
         return captioner_pb2.GenerateCaptionsResponse(
             results=[
-                captioner_pb2.ImageCaptions(captions=unpack_json(value), cache_hit=hit)
-                for value, hit in zip(memo.values, memo.hits, strict=True)
+                captioner_pb2.ImageCaptions(captions=image.captions, cache_hit=image.cache_hit)
+                for image in result.results
             ],
-            decoding=params_to_proto(params),
-            num_captions=params.num_captions,
-            model=self._model_identity(),
-            timings=timer.as_protos(),
+            decoding=params_to_proto(result.decoding),
+            num_captions=result.decoding.num_captions,
+            model=model_identity_to_proto(result.model),
+            timings=result.timings.as_protos(),
         )
 
     async def GetModelInfo(
         self, request: captioner_pb2.GetModelInfoRequest, context: object
     ) -> captioner_pb2.GetModelInfoResponse:
-        engine = self.engine
+        info = self.core.info()
         return captioner_pb2.GetModelInfoResponse(
-            model=self._model_identity(),
-            default_decoding=params_to_proto(self.default_params),
-            default_num_captions=self.defaults.num_captions,
-            image_size=engine.blip2.image_size[0],
-            max_images_per_request=self.settings.max_images_per_request,
-            max_num_captions=self.limits.max_num_captions,
-            max_new_tokens=self.limits.max_new_tokens,
-            device=engine.blip2.device,
-            dtype=engine.dtype_name,
+            model=model_identity_to_proto(info.model),
+            default_decoding=params_to_proto(info.default_decoding),
+            default_num_captions=info.default_decoding.num_captions,
+            image_size=info.model.image_size[0],
+            max_images_per_request=info.max_images_per_request,
+            max_num_captions=info.max_num_captions,
+            max_new_tokens=info.max_new_tokens,
+            device=info.model.device,
+            dtype=info.model.dtype,
         )

@@ -1,45 +1,32 @@
-"""ReasonerService: request validation, prompt budgets, caching and parsing around one LLM backend."""
+"""ReasonerService: converts each request for the core (`Reasoner`) and its answer back; nothing else.
+
+Errors raised by the core are `cir_common.errors` types; the server's interceptor maps them to status codes.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import json
-import logging
-import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from cir.common.v1 import common_pb2
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
-from cir_common.cache import Cache, cache_from_settings, cache_key, pack_json, unpack_json
-from cir_common.errors import ConfigError, InvalidArgument, NotFound, Unavailable
-from cir_common.images import content_hash
-from cir_common.memo import get_or_compute
-from cir_common.service_kit import StageTimer, require_items
-from cir_reasoner import prompts
-from cir_reasoner.backends import check_backend_name, start_backend
-from cir_reasoner.generation import (
-    CHAT,
-    DEFAULT_STOP,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    PROMPT_FORMATS,
-    LLMBackend,
-    Sampling,
+from cir_common.cache import Cache
+from cir_common.errors import InvalidArgument
+from cir_reasoner.core import (
+    CaptionSelection,
+    EditMode,
+    Query,
+    ReasonedAnswer,
+    Reasoner,
+    Reasoning,
+    SamplingRequest,
 )
-from cir_reasoner.parsing import Outcome, parse_answer
-from cir_reasoner.settings import ENV_PREFIX, ReasonerSettings
-from cir_reasoner.templates import (
-    OBJECTS_ADDED_TEMPLATE,
-    TASK_EDIT,
-    TASK_OBJECTS_ADDED,
-    PromptTemplate,
-    TemplateRegistry,
-)
+from cir_reasoner.generation import BackendModel, LLMBackend
+from cir_reasoner.parsing import Outcome
+from cir_reasoner.settings import ReasonerSettings
+from cir_reasoner.templates import TASK_EDIT, TASK_OBJECTS_ADDED
 
-log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _OUTCOMES = {
     Outcome.PARSED: reasoner_pb2.PARSE_OUTCOME_PARSED,
@@ -50,343 +37,69 @@ _TASKS = {
     TASK_EDIT: reasoner_pb2.TEMPLATE_TASK_EDIT,
     TASK_OBJECTS_ADDED: reasoner_pb2.TEMPLATE_TASK_OBJECTS_ADDED,
 }
-_MAX_STOP_SEQUENCES = 4
-_MAX_TEMPERATURE = 2.0
-# Generation stops this much before the caller's deadline (at most _DEADLINE_MARGIN_S), so that the
-# answer, with fallbacks for what did not finish, still reaches the caller in time.
-_DEADLINE_MARGIN_SHARE = 0.1
-_DEADLINE_MARGIN_S = 0.5
-
-
-class _StoreOnlyAnswers:
-    """The cache as `get_or_compute` sees it: a failed generation is never stored, so a later call retries."""
-
-    def __init__(self, cache: Cache, failed: set[str]) -> None:
-        self._cache = cache
-        self._failed = failed
-
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return await self._cache.get_many(keys)
-
-    async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> None:
-        await self._cache.set_many({k: v for k, v in items.items() if k not in self._failed}, ttl_s)
-
-    async def get(self, key: str) -> bytes | None:
-        return await self._cache.get(key)
-
-    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
-        await self.set_many({key: value}, ttl_s)
-
-    async def close(self) -> None:
-        await self._cache.close()
-
-    def describe(self) -> str:
-        return self._cache.describe()
-
-
-def _check_settings(settings: ReasonerSettings) -> None:
-    check_backend_name(settings.backend)
-    if settings.prompt_format not in PROMPT_FORMATS:
-        raise ConfigError(
-            f"{ENV_PREFIX}PROMPT_FORMAT={settings.prompt_format!r}; choose {', '.join(PROMPT_FORMATS)}"
-        )
-    for name in ("max_captions_per_request", "max_text_chars", "max_prompt_tokens", "max_output_tokens"):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be at least 1, got {getattr(settings, name)}")
-
-
-def _clean(text: str) -> str:
-    # One line per caption and instruction: a newline inside either would break the prompt's line format.
-    return " ".join(text.split())
+# UNSPECIFIED is None: the core applies its default.
+_EDIT_MODES: dict[int, EditMode | None] = {
+    common_pb2.EDIT_MODE_UNSPECIFIED: None,
+    common_pb2.EDIT_MODE_PER_CAPTION: EditMode.PER_CAPTION,
+    common_pb2.EDIT_MODE_JOINED: EditMode.JOINED,
+}
+_CAPTION_SELECTIONS: dict[int, CaptionSelection | None] = {
+    common_pb2.CAPTION_SELECTION_UNSPECIFIED: None,
+    common_pb2.CAPTION_SELECTION_FIRST: CaptionSelection.FIRST,
+    common_pb2.CAPTION_SELECTION_ALL_JOINED: CaptionSelection.ALL_JOINED,
+}
+_EDIT_MODE_PROTOS = {mode: value for value, mode in _EDIT_MODES.items() if mode is not None}
+_CAPTION_SELECTION_PROTOS = {
+    selection: value for value, selection in _CAPTION_SELECTIONS.items() if selection is not None
+}
 
 
 class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
     def __init__(
         self, settings: ReasonerSettings, cache: Cache | None = None, backend: LLMBackend | None = None
     ) -> None:
-        _check_settings(settings)
-        self.settings = settings
-        self.templates = TemplateRegistry.load(settings.template_paths)
-        for name, task, setting in (
-            (settings.default_edit_template, TASK_EDIT, "DEFAULT_EDIT_TEMPLATE"),
-            (OBJECTS_ADDED_TEMPLATE, TASK_OBJECTS_ADDED, "TEMPLATE_PATHS"),
-        ):
-            try:
-                self.templates.get(name, task)
-            except (NotFound, InvalidArgument) as error:
-                raise ConfigError(f"{ENV_PREFIX}{setting}: {error.message}") from error
-        self.cache = cache or cache_from_settings(settings)
-        self._backend = backend
-        # Prompts are rendered and tokenized here, off the event loop (see _plan). One thread: requests
-        # queue for it as futures instead of piling up threads that would wait on the tokenizer's lock,
-        # and one core's worth of tokenizing leaves the others to the loop and the engine.
-        self._prompt_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reasoner-prompts")
+        self.core = Reasoner(settings, cache, backend)
 
     async def load(self) -> None:
-        backend = self._backend or await start_backend(self.settings)
-        context = backend.max_context
-        if context is not None and self.settings.max_output_tokens >= context:
-            raise ConfigError(
-                f"{ENV_PREFIX}MAX_OUTPUT_TOKENS={self.settings.max_output_tokens} leaves no room for a "
-                f"prompt in the model's context of {context} tokens"
-            )
-        self._backend = backend
-        log.info(
-            "reasoner ready: %s backend, %s (%s prompts); templates: %s",
-            backend.name,
-            backend.model.identity,
-            backend.prompt_format,
-            ", ".join(self.templates.names()),
-        )
+        await self.core.load()
 
     async def close(self) -> None:
-        self._prompt_worker.shutdown(wait=False, cancel_futures=True)
-        if self._backend is not None:
-            await self._backend.close()
-        await self.cache.close()  # its Redis connections and the breaker's probe task
+        await self.core.close()
 
-    @property
-    def backend(self) -> LLMBackend:
-        if self._backend is None:
-            raise Unavailable("the reasoner's LLM is not loaded yet")
-        return self._backend
-
-    def _model_identity(self) -> common_pb2.ModelIdentity:
-        model = self.backend.model
-        return common_pb2.ModelIdentity(
-            name=model.name, revision=model.revision, family=model.family, details=model.details
+    def _query(
+        self, request: reasoner_pb2.EditCaptionsRequest | reasoner_pb2.InferAddedObjectsRequest, context: Any
+    ) -> Query:
+        # The captions and instruction are checked here, before the caller converts its enum: a request
+        # wrong in both is told about its captions or instruction first.
+        return Query(
+            inputs=self.core.check_inputs(request.captions, request.instruction),
+            template=request.template,
+            sampling=_sampling(request.sampling),
+            bypass_cache=request.bypass_cache,
+            time_remaining_s=context.time_remaining() if hasattr(context, "time_remaining") else None,
         )
-
-    def _check_length(self, text: str, field: str) -> None:
-        limit = self.settings.max_text_chars
-        if len(text) > limit:
-            raise InvalidArgument(
-                f"{field} has {len(text)} characters, over the limit of {limit} ({ENV_PREFIX}MAX_TEXT_CHARS)"
-            )
-
-    def _inputs(self, request: Any) -> tuple[list[str], str]:
-        require_items(
-            request.captions,
-            "captions",
-            self.settings.max_captions_per_request,
-            f"{ENV_PREFIX}MAX_CAPTIONS_PER_REQUEST",
-        )
-        # Lengths first, on the raw text: before anything else touches it (cleaning, rendering, tokenizing
-        # all cost time in proportion to it).
-        for index, caption in enumerate(request.captions):
-            self._check_length(caption, f"captions[{index}]")
-        self._check_length(request.instruction, "instruction")
-        captions = [_clean(c) for c in request.captions]
-        for index, caption in enumerate(captions):
-            if not caption:
-                raise InvalidArgument(f"captions[{index}] is empty; send the captions of the reference image")
-        instruction = _clean(request.instruction)
-        if not instruction:
-            raise InvalidArgument("instruction is empty; send the modification text T")
-        return captions, instruction
-
-    def _sampling(self, proto: reasoner_pb2.SamplingParameters) -> Sampling:
-        limit = self.settings.max_output_tokens
-        max_tokens = proto.max_tokens if proto.HasField("max_tokens") else limit
-        if not 1 <= max_tokens <= limit:
-            raise InvalidArgument(
-                f"sampling.max_tokens {max_tokens} is outside 1..{limit} ({ENV_PREFIX}MAX_OUTPUT_TOKENS)"
-            )
-        temperature = proto.temperature if proto.HasField("temperature") else DEFAULT_TEMPERATURE
-        if not 0.0 <= temperature <= _MAX_TEMPERATURE:
-            raise InvalidArgument(f"sampling.temperature {temperature:g} is outside 0..{_MAX_TEMPERATURE:g}")
-        top_p = proto.top_p if proto.HasField("top_p") else DEFAULT_TOP_P
-        if not 0.0 < top_p <= 1.0:
-            raise InvalidArgument(f"sampling.top_p {top_p:g} is outside (0, 1]")
-        stop = tuple(proto.stop) or DEFAULT_STOP
-        if len(stop) > _MAX_STOP_SEQUENCES or not all(stop):
-            raise InvalidArgument(f"sampling.stop takes 1 to {_MAX_STOP_SEQUENCES} non-empty strings")
-        # Stop strings are matched against the output at every generated token (and the transformers
-        # backend precomputes tables over the vocabulary for each): bounded like any other caller text.
-        for index, text in enumerate(stop):
-            self._check_length(text, f"sampling.stop[{index}]")
-        seed = proto.seed if proto.HasField("seed") else None
-        return Sampling(temperature=temperature, max_tokens=max_tokens, stop=stop, top_p=top_p, seed=seed)
-
-    def _budget(self, sampling: Sampling) -> prompts.Budget:
-        budget = prompts.Budget(self.settings.max_prompt_tokens, f"{ENV_PREFIX}MAX_PROMPT_TOKENS")
-        context = self.backend.max_context
-        if context is not None and context - sampling.max_tokens < budget.tokens:
-            budget = prompts.Budget(
-                context - sampling.max_tokens,
-                f"the model's context of {context} minus max_tokens {sampling.max_tokens}",
-            )
-        return budget
-
-    async def _plan(
-        self,
-        build: prompts.Build,
-        template: PromptTemplate,
-        captions: Sequence[str],
-        instruction: str,
-        sampling: Sampling,
-    ) -> prompts.PromptPlan:
-        """The request's prompts, rendered and tokenized on the prompt worker thread, not the event loop.
-
-        The largest request the limits allow (64 captions and an instruction of 4096 characters, joined:
-        the budget search tokenizes the prompt up to 8 times) holds a CPU for about half a second with the
-        tiny pack's tokenizer; on the loop, every other call would wait that long, health checks included
-        (bench/reasoner_health_bench.py). The tokenizer releases the GIL while it encodes, so the loop runs.
-        """
-        budget = self._budget(sampling)
-        work = functools.partial(build, template, captions, instruction, self.backend.prepare, budget)
-        return await asyncio.get_running_loop().run_in_executor(self._prompt_worker, work)
-
-    async def _answer(
-        self,
-        kind: str,
-        template: PromptTemplate,
-        plan: prompts.PromptPlan,
-        instruction: str,
-        fallback: str,
-        sampling: Sampling,
-        bypass_cache: bool,
-        deadline: float | None,
-        timer: StageTimer,
-    ) -> list[reasoner_pb2.ReasonedText]:
-        backend = self.backend
-        params = {
-            "template": template.name,
-            "template_version": template.version,
-            "template_sha256": template.sha256,
-            "prompt_format": backend.prompt_format,
-            "sampling": sampling.cache_params(),
-        }
-        keys = [
-            cache_key(kind, backend.model.identity, params, _inputs_hash(item.captions, instruction))
-            for item in plan.items
-        ]
-        failed: set[str] = set()
-
-        async def compute(indices: list[int]) -> list[bytes]:
-            with timer.stage("generate"):
-                completions = await backend.generate(
-                    [plan.items[i].prompt for i in indices], sampling, deadline
-                )
-            values = []
-            for index, completion in zip(indices, completions, strict=True):
-                if completion.text is None:
-                    failed.add(keys[index])
-                    values.append(pack_json({"error": completion.error}))
-                else:
-                    values.append(
-                        pack_json({"raw": completion.text, "finish_reason": completion.finish_reason})
-                    )
-            return values
-
-        # Sampled answers without a seed are meant to differ from call to call: never served from the cache.
-        bypass = bypass_cache or not sampling.deterministic
-        memo = await get_or_compute(_StoreOnlyAnswers(self.cache, failed), keys, compute, bypass=bypass)
-        answers = []
-        for item, value, hit in zip(plan.items, memo.values, memo.hits, strict=True):
-            stored = unpack_json(value)
-            parsed = parse_answer(
-                stored.get("raw"), fallback, labels=[template.answer_label], error=stored.get("error", "")
-            )
-            answers.append(
-                reasoner_pb2.ReasonedText(
-                    text=parsed.text,
-                    outcome=_OUTCOMES[parsed.outcome],
-                    fallback_reason=parsed.reason,
-                    raw_output=stored.get("raw") or "",
-                    caption_indices=item.caption_indices,
-                    cache_hit=hit,
-                )
-            )
-        fallbacks = [a.fallback_reason for a in answers if a.outcome != reasoner_pb2.PARSE_OUTCOME_PARSED]
-        if fallbacks:
-            log.info("%s: %d of %d answers fell back (%s)", kind, len(fallbacks), len(answers), fallbacks[0])
-        return answers
 
     async def EditCaptions(
         self, request: reasoner_pb2.EditCaptionsRequest, context: Any
     ) -> reasoner_pb2.EditCaptionsResponse:
-        deadline = _deadline(context)
-        captions, instruction = self._inputs(request)
-        if request.mode not in (
-            common_pb2.EDIT_MODE_UNSPECIFIED,
-            common_pb2.EDIT_MODE_PER_CAPTION,
-            common_pb2.EDIT_MODE_JOINED,
-        ):
-            raise InvalidArgument(f"unknown mode value {request.mode}")
-        mode = (
-            common_pb2.EDIT_MODE_JOINED
-            if request.mode == common_pb2.EDIT_MODE_JOINED
-            else common_pb2.EDIT_MODE_PER_CAPTION
-        )
-        template = self.templates.get(request.template or self.settings.default_edit_template, TASK_EDIT)
-        sampling = self._sampling(request.sampling)
-        timer = StageTimer()
-        build = prompts.joined if mode == common_pb2.EDIT_MODE_JOINED else prompts.per_caption
-        with timer.stage("prompt"):
-            plan = await self._plan(build, template, captions, instruction, sampling)
-        edits = await self._answer(
-            "reasoner_edit",
-            template,
-            plan,
-            instruction,
-            instruction,
-            sampling,
-            request.bypass_cache,
-            deadline,
-            timer,
-        )
+        query = self._query(request, context)
+        result = await self.core.edit_captions(query, _known(request.mode, _EDIT_MODES, "mode"))
         return reasoner_pb2.EditCaptionsResponse(
-            edits=edits,
-            mode=mode,
-            template=template.name,
-            template_version=template.version,
-            captions_used=plan.captions_used,
-            captions_truncated=plan.truncated,
-            model=self._model_identity(),
-            timings=timer.as_protos(),
+            edits=[_reasoned_text(edit) for edit in result.reasoning.answers],
+            mode=_EDIT_MODE_PROTOS[result.mode],
+            **_shared_fields(result.reasoning),
         )
 
     async def InferAddedObjects(
         self, request: reasoner_pb2.InferAddedObjectsRequest, context: Any
     ) -> reasoner_pb2.InferAddedObjectsResponse:
-        deadline = _deadline(context)
-        captions, instruction = self._inputs(request)
-        selection = request.caption_selection
-        if selection not in (
-            common_pb2.CAPTION_SELECTION_UNSPECIFIED,
-            common_pb2.CAPTION_SELECTION_FIRST,
-            common_pb2.CAPTION_SELECTION_ALL_JOINED,
-        ):
-            raise InvalidArgument(f"unknown caption_selection value {selection}")
-        if selection == common_pb2.CAPTION_SELECTION_UNSPECIFIED:
-            selection = common_pb2.CAPTION_SELECTION_ALL_JOINED  # CVSI's released code
-        template = self.templates.get(request.template or OBJECTS_ADDED_TEMPLATE, TASK_OBJECTS_ADDED)
-        sampling = self._sampling(request.sampling)
-        timer = StageTimer()
-        build = prompts.first_caption if selection == common_pb2.CAPTION_SELECTION_FIRST else prompts.joined
-        with timer.stage("prompt"):
-            plan = await self._plan(build, template, captions, instruction, sampling)
-        (objects,) = await self._answer(
-            "reasoner_objects",
-            template,
-            plan,
-            instruction,
-            "",
-            sampling,
-            request.bypass_cache,
-            deadline,
-            timer,
-        )
+        query = self._query(request, context)
+        selection = _known(request.caption_selection, _CAPTION_SELECTIONS, "caption_selection")
+        result = await self.core.infer_added_objects(query, selection)
         return reasoner_pb2.InferAddedObjectsResponse(
-            objects=objects,
-            caption_selection=selection,
-            template=template.name,
-            template_version=template.version,
-            captions_used=plan.captions_used,
-            captions_truncated=plan.truncated,
-            model=self._model_identity(),
-            timings=timer.as_protos(),
+            objects=_reasoned_text(result.objects),
+            caption_selection=_CAPTION_SELECTION_PROTOS[result.selection],
+            **_shared_fields(result.reasoning),
         )
 
     async def ListTemplates(
@@ -401,44 +114,78 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
                     description=t.description,
                     builtin=t.builtin,
                 )
-                for t in self.templates.all()
+                for t in self.core.list_templates()
             ]
         )
 
     async def GetModelInfo(
         self, request: reasoner_pb2.GetModelInfoRequest, context: Any
     ) -> reasoner_pb2.GetModelInfoResponse:
-        backend = self.backend
-        settings = self.settings
-        counters = backend.engine_counters()
+        info = self.core.model_info()
+        sampling = info.default_sampling
         return reasoner_pb2.GetModelInfoResponse(
-            model=self._model_identity(),
-            backend=backend.name,
+            model=_model_identity(info.model),
+            backend=info.backend,
             default_sampling=reasoner_pb2.SamplingParameters(
-                temperature=DEFAULT_TEMPERATURE,
-                max_tokens=settings.max_output_tokens,
-                stop=list(DEFAULT_STOP),
-                top_p=DEFAULT_TOP_P,
+                temperature=sampling.temperature,
+                max_tokens=sampling.max_tokens,
+                stop=list(sampling.stop),
+                top_p=sampling.top_p,
             ),
-            chat_template=backend.prompt_format == CHAT,
-            max_captions_per_request=settings.max_captions_per_request,
-            max_prompt_tokens=settings.max_prompt_tokens,
-            max_output_tokens=settings.max_output_tokens,
-            default_edit_template=settings.default_edit_template,
-            generations_in_flight=counters.in_flight if counters else None,
-            generations_aborted=counters.aborted if counters else None,
+            chat_template=info.chat_template,
+            max_captions_per_request=info.max_captions_per_request,
+            max_prompt_tokens=info.max_prompt_tokens,
+            max_output_tokens=info.max_output_tokens,
+            default_edit_template=info.default_edit_template,
+            generations_in_flight=info.engine.in_flight if info.engine else None,
+            generations_aborted=info.engine.aborted if info.engine else None,
         )
 
 
-def _inputs_hash(captions: Sequence[str], instruction: str) -> str:
-    canonical = json.dumps({"captions": list(captions), "instruction": instruction}, ensure_ascii=False)
-    return content_hash(canonical.encode("utf-8"))
+def _known(value: int, table: Mapping[int, _T | None], field: str) -> _T | None:
+    """The core's value for a proto enum value; None for UNSPECIFIED."""
+    if value not in table:
+        raise InvalidArgument(f"unknown {field} value {value}")
+    return table[value]
 
 
-def _deadline(context: Any) -> float | None:
-    """When generation must stop, as a time.monotonic() value; None when the caller set no deadline."""
-    remaining = context.time_remaining() if hasattr(context, "time_remaining") else None
-    if remaining is None:
-        return None
-    margin = min(_DEADLINE_MARGIN_S, remaining * _DEADLINE_MARGIN_SHARE)
-    return time.monotonic() + remaining - margin
+def _sampling(proto: reasoner_pb2.SamplingParameters) -> SamplingRequest:
+    def optional(name: str) -> Any:
+        return getattr(proto, name) if proto.HasField(name) else None
+
+    return SamplingRequest(
+        max_tokens=optional("max_tokens"),
+        temperature=optional("temperature"),
+        top_p=optional("top_p"),
+        stop=tuple(proto.stop),
+        seed=optional("seed"),
+    )
+
+
+def _reasoned_text(answer: ReasonedAnswer) -> reasoner_pb2.ReasonedText:
+    return reasoner_pb2.ReasonedText(
+        text=answer.text,
+        outcome=_OUTCOMES[answer.outcome],
+        fallback_reason=answer.fallback_reason,
+        raw_output=answer.raw_output,
+        caption_indices=answer.caption_indices,
+        cache_hit=answer.cache_hit,
+    )
+
+
+def _shared_fields(result: Reasoning) -> dict[str, Any]:
+    """The response fields EditCaptions and InferAddedObjects have in common."""
+    return {
+        "template": result.template.name,
+        "template_version": result.template.version,
+        "captions_used": result.captions_used,
+        "captions_truncated": result.captions_truncated,
+        "model": _model_identity(result.model),
+        "timings": result.timer.as_protos(),
+    }
+
+
+def _model_identity(model: BackendModel) -> common_pb2.ModelIdentity:
+    return common_pb2.ModelIdentity(
+        name=model.name, revision=model.revision, family=model.family, details=model.details
+    )
