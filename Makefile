@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cir-installed
 
 # Re-runs the installer only when a dependency list changed.
 $(STAMP): scripts/install-dev.sh deploy/constraints/cpu-dev.txt deploy/constraints/dev-tools.txt \
-          services/*/pyproject.toml
+          services/*/pyproject.toml clients/python/pyproject.toml
 	bash scripts/install-dev.sh
 
 install: $(STAMP)

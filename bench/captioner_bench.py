@@ -46,7 +46,7 @@ from cir_captioner.settings import ENV_PREFIX, SECTION, CaptionerSettings
 from cir_common.cache import MemoryCache
 from cir_common.config import load_settings
 from cir_common.server import ServiceHost
-from cir_common.tiny_pack import build_tiny_pack
+from cir_tools.packs.tiny import build_tiny_pack
 
 SERVICE_NAME = "cir.captioner.v1.CaptionerService"
 

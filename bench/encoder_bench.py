@@ -31,11 +31,11 @@ from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir_common.cache import MemoryCache
 from cir_common.config import load_settings
 from cir_common.server import ServiceHost
-from cir_common.tiny_pack import build_tiny_pack
 from cir_encoder.core import build_engine
 from cir_encoder.engine import EncoderEngine
 from cir_encoder.service import EncoderServicer
 from cir_encoder.settings import ENV_PREFIX, SECTION, EncoderSettings
+from cir_tools.packs.tiny import build_tiny_pack
 
 
 def _images(count: int, seed: int = 0) -> list[Image.Image]:

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from cir.retriever.v1 import retriever_pb2
+from cir_evaluation.evaluate import scoring_plan
+from cir_evaluation.feature_cache import QueryRecord
+from cir_evaluation.metrics import compute_metrics
+from cir_evaluation.model import DatasetName, Query
+from cir_evaluation.rescoring import Gallery, rank_queries
+from cir_evaluation.sweep import parse_sweep, run_sweep
 from cir_retriever.conversions import resolve_options_from_proto
-from cir_retriever.evaluation.evaluate import scoring_plan
-from cir_retriever.evaluation.feature_cache import QueryRecord
-from cir_retriever.evaluation.metrics import compute_metrics
-from cir_retriever.evaluation.model import DatasetName, Query
-from cir_retriever.evaluation.rescoring import Gallery, rank_queries
-from cir_retriever.evaluation.sweep import parse_sweep, run_sweep
 from cir_retriever.fusion import normalize
 from cir_retriever.gallery.types import GalleryFeatures
 from cir_retriever.presets import Preset

@@ -36,9 +36,9 @@ import numpy as np
 from PIL import Image
 
 from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from cir_common.local_suite import LocalSuite
-from cir_common.retriever_client import STRATEGIES, connect, index_folder
-from cir_common.tiny_pack import build_tiny_pack
+from cir_client.retriever import STRATEGIES, connect, index_folder
+from cir_tools.local_suite import LocalSuite
+from cir_tools.packs.tiny import build_tiny_pack
 
 COLLECTION = "overload"
 RETRY_HINT_HEADERS = ("x-cir-retry-after-ms", "grpc-retry-pushback-ms")

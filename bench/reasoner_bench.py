@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 from cir_common.config import load_settings
-from cir_common.tiny_pack import build_tiny_pack
 from cir_reasoner.generation import Completion, PreparedPrompt, Sampling
 from cir_reasoner.prompts import CAPTION_SEPARATOR
 from cir_reasoner.settings import ENV_PREFIX, SECTION, ReasonerSettings
 from cir_reasoner.templates import OBJECTS_ADDED_TEMPLATE, TASK_EDIT, TASK_OBJECTS_ADDED, TemplateRegistry
 from cir_reasoner.vllm_backend import VllmBackend
+from cir_tools.packs.tiny import build_tiny_pack
 
 CAPTIONS = [
     "a man riding a wave on top of a surfboard",

@@ -53,8 +53,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cir.common.v1 import common_pb2
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
-from cir_common.local_suite import LocalSuite
-from cir_common.tiny_pack import build_tiny_pack
+from cir_tools.local_suite import LocalSuite
+from cir_tools.packs.tiny import build_tiny_pack
 
 SERVICE = "cir.reasoner.v1.ReasonerService"
 HEALTH_PERIOD_S = 0.02

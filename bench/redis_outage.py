@@ -35,9 +35,9 @@ import grpc
 from PIL import Image, ImageDraw
 
 from cir.retriever.v1 import retriever_pb2
-from cir_common.local_suite import LocalSuite
-from cir_common.retriever_client import connect, index_folder, search_request
-from cir_common.tiny_pack import build_tiny_pack
+from cir_client.retriever import connect, index_folder, search_request
+from cir_tools.local_suite import LocalSuite
+from cir_tools.packs.tiny import build_tiny_pack
 
 COLLECTION = "redis-outage"
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cir_common.local_suite import LocalSuite
-from cir_common.retriever_client import connect, index_folder, search_request
-from cir_common.tiny_pack import build_tiny_pack
+from cir_client.retriever import connect, index_folder, search_request
+from cir_tools.local_suite import LocalSuite
+from cir_tools.packs.tiny import build_tiny_pack
 
 
 def _random_images(folder: Path, count: int, seed: int) -> list[Path]:

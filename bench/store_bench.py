@@ -393,8 +393,8 @@ def measure(folder: Path, args: argparse.Namespace) -> dict:
 def measure_milvus(args: argparse.Namespace) -> dict:
     """Insert rows/s and search ms of the milvus backend through `MilvusGalleryStore`, on milvus-lite's
     engine on loopback (the real Milvus C++ engine; a Milvus cluster has more cores and its own figures)."""
-    from cir_common.local_milvus import start_milvus
     from cir_retriever.gallery.milvus import MilvusGalleryStore
+    from cir_tools.local_milvus import start_milvus
 
     n, batch = args.milvus_size, 256
     rng = np.random.default_rng(args.seed)

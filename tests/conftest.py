@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cir_common.local_redis import INSTALL_HINT, RedisProcess, redis_server_binary
-from cir_common.local_redis import start_redis as _start_redis
+from cir_tools.local_redis import INSTALL_HINT, RedisProcess, redis_server_binary
+from cir_tools.local_redis import start_redis as _start_redis
 
 
 def _require_redis_server() -> None:
@@ -52,6 +54,13 @@ def start_redis() -> Iterator[Callable[..., RedisProcess]]:
 @pytest.fixture(scope="session")
 def tiny_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of the profile.toml of a tiny model pack, built once per session by `cir models tiny`'s code."""
-    from cir_common.tiny_pack import build_tiny_pack
+    from cir_tools.packs.tiny import build_tiny_pack
 
     return build_tiny_pack(tmp_path_factory.mktemp("tiny-pack"), echo=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_profile(tiny_pack: Path) -> dict[str, Any]:
+    """The tiny pack's profile.toml, parsed."""
+    with tiny_pack.open("rb") as handle:
+        return tomllib.load(handle)

@@ -30,9 +30,9 @@ from cir_common.cache import (
 )
 from cir_common.config import ServiceSettings
 from cir_common.errors import ConfigError, InvalidArgument
-from cir_common.local_redis import INSTALL_HINT, RedisStartError, free_port
-from cir_common.local_redis import start_redis as start_redis_process
 from cir_common.vectors import vector_from_proto, vector_to_proto
+from cir_tools.local_redis import INSTALL_HINT, RedisStartError, free_port
+from cir_tools.local_redis import start_redis as start_redis_process
 
 CACHE_LOGGER = "cir_common.cache"
 

@@ -20,10 +20,10 @@ from PIL import Image, ImageDraw
 from retriever.retriever_support import RunningRetriever, start_retriever
 
 from cir.retriever.v1 import retriever_pb2
-from cir_common.local_suite import LocalSuite
-from cir_common.retriever_client import index_folder, search_request
+from cir_client.retriever import index_folder, search_request
 from cir_retriever.core import Retriever
 from cir_retriever.settings import RetrieverSettings
+from cir_tools.local_suite import LocalSuite
 
 pytestmark = pytest.mark.slow
 

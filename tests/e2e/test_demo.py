@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cir_common.cli import main
-from cir_common.local_redis import free_port
-from cir_common.local_suite import LocalSuite, ServiceProcess, SuiteError
+from cir_tools.cli import main
+from cir_tools.local_redis import free_port
+from cir_tools.local_suite import LocalSuite, ServiceProcess, SuiteError
 
 
 def _hanging_suite(workdir: Path) -> LocalSuite:

@@ -22,7 +22,7 @@ from cir.captioner.v1 import captioner_pb2
 from cir.encoder.v1 import encoder_pb2
 from cir.reasoner.v1 import reasoner_pb2
 from cir.retriever.v1 import retriever_pb2
-from cir_common.local_suite import SERVICES, LocalSuite
+from cir_tools.local_suite import SERVICES, LocalSuite
 
 pytestmark = pytest.mark.slow
 

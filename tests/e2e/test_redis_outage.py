@@ -32,9 +32,9 @@ from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir.retriever.v1 import retriever_pb2
-from cir_common.local_redis import start_redis
-from cir_common.local_suite import LocalSuite
-from cir_common.retriever_client import connect, index_folder, search_request
+from cir_client.retriever import connect, index_folder, search_request
+from cir_tools.local_redis import start_redis
+from cir_tools.local_suite import LocalSuite
 
 pytestmark = pytest.mark.slow
 

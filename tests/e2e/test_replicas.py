@@ -17,9 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image, ImageDraw
 
 from cir.retriever.v1 import retriever_pb2
-from cir_common.local_redis import free_port
-from cir_common.local_suite import LocalSuite
-from cir_common.retriever_client import connect, index_folder, search_request
+from cir_client.retriever import connect, index_folder, search_request
+from cir_tools.local_redis import free_port
+from cir_tools.local_suite import LocalSuite
 
 pytestmark = pytest.mark.slow
 

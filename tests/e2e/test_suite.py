@@ -23,8 +23,7 @@ from PIL import Image, ImageDraw
 from cir.common.v1 import common_pb2
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir.retriever.v1 import retriever_pb2
-from cir_common.local_suite import LocalSuite
-from cir_common.retriever_client import (
+from cir_client.retriever import (
     STRATEGIES,
     connect,
     index_folder,
@@ -35,6 +34,7 @@ from cir_common.retriever_client import (
 from cir_retriever.conversions import filter_from_proto
 from cir_retriever.gallery.filters import matches, typed_metadata
 from cir_retriever.gallery.types import FieldType, FilterableField
+from cir_tools.local_suite import LocalSuite
 
 pytestmark = pytest.mark.slow
 
@@ -526,7 +526,7 @@ def test_a_crash_mid_ingestion_leaves_a_consistent_store(suite, gallery, tmp_pat
             many / f"img-{index:03d}.png"
         )
     script = (
-        "from pathlib import Path; from cir_common.retriever_client import connect, index_folder; "
+        "from pathlib import Path; from cir_client.retriever import connect, index_folder; "
         f"index_folder(connect({suite.retriever_address!r}), 'crash', Path({str(many)!r}), "
         "lambda p, t: print(p.committed, flush=True))"
     )

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from cir_retriever.evaluation.datasets import DatasetError, describe_layout, load_split, parse_split
-from cir_retriever.evaluation.model import FASHIONIQ_CATEGORIES, DatasetName, EvalSplit, Split
-from cir_retriever.evaluation.synthetic import IMAGE_SIZE, write_synthetic_dataset
+from cir_evaluation.datasets import DatasetError, describe_layout, load_split, parse_split
+from cir_evaluation.model import FASHIONIQ_CATEGORIES, DatasetName, EvalSplit, Split
+from cir_evaluation.synthetic import IMAGE_SIZE, write_synthetic_dataset
 
 ALL = [(dataset, split) for dataset in DatasetName for split in Split]
 

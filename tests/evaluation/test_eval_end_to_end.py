@@ -16,18 +16,18 @@ import pytest
 from PIL import Image
 
 from cir.retriever.v1 import retriever_pb2
-from cir_common.cli import main as cir
-from cir_common.local_suite import LocalSuite
-from cir_common.retriever_client import connect
+from cir_client.retriever import connect
+from cir_evaluation.datasets import load_split
+from cir_evaluation.feature_cache import QueryCache, input_signature
+from cir_evaluation.model import DatasetName, Split
+from cir_evaluation.runner import collection_name, ingest_gallery
+from cir_evaluation.submissions import validate_circo_submission, validate_cirr_submission
+from cir_evaluation.synthetic import write_synthetic_dataset
 from cir_retriever.conversions import resolve_options_from_proto
-from cir_retriever.evaluation.datasets import load_split
-from cir_retriever.evaluation.feature_cache import QueryCache, input_signature
-from cir_retriever.evaluation.model import DatasetName, Split
-from cir_retriever.evaluation.runner import collection_name, ingest_gallery
-from cir_retriever.evaluation.submissions import validate_circo_submission, validate_cirr_submission
-from cir_retriever.evaluation.synthetic import write_synthetic_dataset
 from cir_retriever.presets import Preset
 from cir_retriever.strategies import StrategyName
+from cir_tools.cli import main as cir
+from cir_tools.local_suite import LocalSuite
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def _rankings(out) -> dict[str, list[str]]:
 
 
 # The official formulas (method.md 5) written out again from the dataset files themselves, independently of
-# cir_retriever.evaluation, and applied to the saved rankings: the run's metrics must equal them.
+# cir_evaluation, and applied to the saved rankings: the run's metrics must equal them.
 
 
 def _direct_circo_map(root: Path, rankings: dict[str, list[str]], k: int) -> float:

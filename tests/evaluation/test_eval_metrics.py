@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cir_retriever.evaluation.metrics import (
+from cir_evaluation.metrics import (
     circo_metrics,
     cirr_metrics,
     compute_metrics,
     fashioniq_metrics,
 )
-from cir_retriever.evaluation.model import DatasetName, Query
+from cir_evaluation.model import DatasetName, Query
 
 
 def fill(prefix: str, head: list[str], length: int) -> list[str]:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cir_retriever.evaluation.model import DatasetName, EvalSplit, GalleryItem, Query, QueryOutcome, Split
-from cir_retriever.evaluation.report import (
+from cir_evaluation.model import DatasetName, EvalSplit, GalleryItem, Query, QueryOutcome, Split
+from cir_evaluation.report import (
     FILES_DIR,
     GT_COLOUR,
     write_heatmap_svg,

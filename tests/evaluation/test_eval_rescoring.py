@@ -6,6 +6,18 @@ import numpy as np
 import pytest
 
 from cir.retriever.v1 import retriever_pb2
+from cir_evaluation.feature_cache import (
+    IngestJournal,
+    QueryCache,
+    QueryRecord,
+    input_signature,
+    load_gallery,
+    save_gallery,
+)
+from cir_evaluation.metrics import cirr_metrics
+from cir_evaluation.model import Query
+from cir_evaluation.rescoring import Gallery, ldre_weights, rank_queries, ranking_rows, top_rows
+from cir_evaluation.sweep import CvsiBasis, parse_sweep, run_sweep
 from cir_retriever import fusion
 from cir_retriever.conversions import (
     gallery_images_from_proto,
@@ -14,18 +26,6 @@ from cir_retriever.conversions import (
     query_features_to_proto,
     resolve_options_from_proto,
 )
-from cir_retriever.evaluation.feature_cache import (
-    IngestJournal,
-    QueryCache,
-    QueryRecord,
-    input_signature,
-    load_gallery,
-    save_gallery,
-)
-from cir_retriever.evaluation.metrics import cirr_metrics
-from cir_retriever.evaluation.model import Query
-from cir_retriever.evaluation.rescoring import Gallery, ldre_weights, rank_queries, ranking_rows, top_rows
-from cir_retriever.evaluation.sweep import CvsiBasis, parse_sweep, run_sweep
 from cir_retriever.fusion import ScoreFunction, normalize
 from cir_retriever.gallery.types import FeaturePage, GalleryFeatures
 from cir_retriever.presets import Preset

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cir_retriever.evaluation.model import DatasetName, Query
-from cir_retriever.evaluation.submissions import (
+from cir_evaluation.model import DatasetName, Query
+from cir_evaluation.submissions import (
     circo_submission,
     cirr_submissions,
     validate_circo_submission,

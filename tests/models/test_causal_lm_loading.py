@@ -12,7 +12,7 @@ import torch
 
 from cir_common.errors import ConfigError
 from cir_reasoner.model_loading import LoadedCausalLM, load_causal_lm, vllm_engine_args
-from cir_reasoner.tiny import build_tiny_llm, template_texts
+from cir_tools.packs.tiny_reasoner import build_tiny_llm, template_texts
 
 # Not in the tokenizer's training text: an edit prompt in other words, to measure how English splits.
 HELD_OUT = (

@@ -22,11 +22,11 @@ from support.server_thread import ServerThread
 
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir_common.cache import Cache
-from cir_common.local_redis import free_port
 from cir_reasoner.__main__ import SERVICE_NAME
 from cir_reasoner.generation import LLMBackend
 from cir_reasoner.service import ReasonerServicer
 from cir_reasoner.settings import ENV_PREFIX, SECTION, ReasonerSettings
+from cir_tools.local_redis import free_port
 
 # Fifteen distinct captions of one image, as BLIP-2 writes them (method.md 2.3: N = 15).
 CAPTIONS = [

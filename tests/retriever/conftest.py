@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cir_common.local_milvus import INSTALL_HINT, MilvusProcess, milvus_lite_binary
-from cir_common.local_milvus import start_milvus as _start_milvus
+from cir_tools.local_milvus import INSTALL_HINT, MilvusProcess, milvus_lite_binary
+from cir_tools.local_milvus import start_milvus as _start_milvus
 
 
 def _require_milvus_lite() -> None:

@@ -16,7 +16,7 @@ import grpc
 from support.server_thread import ServerThread
 
 from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from cir_common.retriever_client import connect
+from cir_client.retriever import connect
 from cir_retriever.__main__ import SERVICE_NAME
 from cir_retriever.clients import ModelServices
 from cir_retriever.core import Retriever

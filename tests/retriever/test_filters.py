@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cir.retriever.v1 import retriever_pb2
+from cir_client.retriever import UsageError, parse_filterable, parse_where
 from cir_common.errors import InvalidArgument
-from cir_common.retriever_client import UsageError, parse_filterable, parse_where
 from cir_retriever.conversions import collection_settings_from_proto, filter_from_proto
 from cir_retriever.gallery.filters import (
     matches,

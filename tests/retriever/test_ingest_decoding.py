@@ -18,9 +18,9 @@ from retriever_support import RunningRetriever, start_retriever
 from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2
 from cir_common.images import DecodedImage, ImageLimits
-from cir_common.local_redis import free_port
 from cir_retriever import core
 from cir_retriever.settings import RetrieverSettings
+from cir_tools.local_redis import free_port
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from cir_common.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from cir_common.local_milvus import MilvusProcess, free_port, ping
 from cir_retriever.fusion import ScoreFunction, normalize
 from cir_retriever.gallery import filters
 from cir_retriever.gallery.milvus import MilvusCollection, MilvusGalleryStore, filter_expression
@@ -48,6 +47,7 @@ from cir_retriever.gallery.types import (
 )
 from cir_retriever.presets import PRESETS
 from cir_retriever.strategies import gallery_matrix
+from cir_tools.local_milvus import MilvusProcess, free_port, ping
 
 DIM = 32
 SLOTS = 3
@@ -763,7 +763,7 @@ def test_the_factory_opens_the_backend_the_settings_name(
 
 
 def test_local_engines_refuse_a_shared_database_or_a_taken_port(start_milvus, tmp_path: Path) -> None:
-    from cir_common.local_milvus import MilvusStartError
+    from cir_tools.local_milvus import MilvusStartError
 
     first = start_milvus(data_dir=tmp_path / "db")
     with pytest.raises(MilvusStartError, match="in use by another Milvus engine"):

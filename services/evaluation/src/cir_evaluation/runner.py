@@ -19,11 +19,11 @@ import numpy as np
 
 from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from cir_common.retriever_client import connect
+from cir_client.retriever import connect
+from cir_evaluation.feature_cache import IngestJournal, QueryCache, QueryRecord
+from cir_evaluation.model import EvalSplit, GalleryItem, Query
+from cir_evaluation.rescoring import Gallery
 from cir_retriever.conversions import gallery_images_from_proto, query_features_from_proto
-from cir_retriever.evaluation.feature_cache import IngestJournal, QueryCache, QueryRecord
-from cir_retriever.evaluation.model import EvalSplit, GalleryItem, Query
-from cir_retriever.evaluation.rescoring import Gallery
 from cir_retriever.gallery.types import GalleryFeatures
 
 Echo = Callable[[str], None]
@@ -54,8 +54,8 @@ def retriever_stub(
     if address:
         yield connect(address)
         return
-    from cir_common.local_suite import LocalSuite
-    from cir_common.tiny_pack import build_tiny_pack
+    from cir_tools.local_suite import LocalSuite
+    from cir_tools.packs.tiny import build_tiny_pack
 
     if profile is None:
         echo("no --address and no profile: starting the suite with the tiny model pack (random weights)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cir_common.tiny_tokenizer import IMAGE, synthetic_captions, train_bpe_tokenizer
+from cir_tools.packs.tokenizer import IMAGE, synthetic_captions, train_bpe_tokenizer
 
 TINY_BLIP2_IMAGE_SIZE = 32
 TINY_BLIP2_QUERY_TOKENS = 8

@@ -1,4 +1,4 @@
-"""The `cir eval` subcommand's arguments and handler (registered lazily by cir_common.cli)."""
+"""The `cir eval` subcommand's arguments and handler (registered lazily by cir_tools.cli)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2
-from cir_retriever.evaluation.datasets import DatasetError
-from cir_retriever.evaluation.evaluate import EvalConfig, evaluate
-from cir_retriever.evaluation.model import DatasetName, Split
-from cir_retriever.evaluation.runner import EvalRunError, print_echo
+from cir_evaluation.datasets import DatasetError
+from cir_evaluation.evaluate import EvalConfig, evaluate
+from cir_evaluation.model import DatasetName, Split
+from cir_evaluation.runner import EvalRunError, print_echo
 from cir_retriever.presets import Preset
 from cir_retriever.strategies import StrategyName
 
@@ -123,7 +123,7 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_synthetic(args: argparse.Namespace) -> int:
-    from cir_retriever.evaluation.synthetic import write_synthetic_dataset
+    from cir_evaluation.synthetic import write_synthetic_dataset
 
     root = write_synthetic_dataset(
         DatasetName(args.dataset),

@@ -25,8 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cir_common.local_milvus import MilvusProcess, start_milvus
-from cir_common.local_redis import RedisProcess, free_port, redis_server_binary, start_redis
+from cir_tools.local_milvus import MilvusProcess, start_milvus
+from cir_tools.local_redis import RedisProcess, free_port, redis_server_binary, start_redis
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import IO, ClassVar
 
 import grpc
 
-from cir_common.child_server import ChildServer
-from cir_common.local_redis import free_port
+from cir_tools.child_server import ChildServer
+from cir_tools.local_redis import free_port
 
 INSTALL_HINT = (
     "milvus-lite is not installed; run scripts/install-dev.sh (it installs milvus-lite==2.5.1, a development "

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cir_retriever.evaluation.model import (
+from cir_evaluation.model import (
     FASHIONIQ_CATEGORIES,
     DatasetName,
     EvalSplit,

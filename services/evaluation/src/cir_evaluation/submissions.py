@@ -16,13 +16,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from cir_retriever.evaluation.metrics import (
+from cir_evaluation.metrics import (
     cirr_ranking_without_reference,
     cirr_subset_ranking,
     ranking_for,
     require_depth,
 )
-from cir_retriever.evaluation.model import DatasetName, Query
+from cir_evaluation.model import DatasetName, Query
 
 CIRCO_LENGTH = 50
 CIRR_VERSION = "rc2"

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from cir.retriever.v1 import retriever_pb2
-from cir_retriever.conversions import PRESET_TO_PROTO, STRATEGY_TO_PROTO, resolve_options_from_proto
-from cir_retriever.evaluation import report, submissions
-from cir_retriever.evaluation.datasets import load_split
-from cir_retriever.evaluation.feature_cache import (
+from cir_evaluation import report, submissions
+from cir_evaluation.datasets import load_split
+from cir_evaluation.feature_cache import (
     QueryCache,
     QueryRecord,
     gallery_cache_path,
@@ -28,10 +27,10 @@ from cir_retriever.evaluation.feature_cache import (
     load_gallery,
     save_gallery,
 )
-from cir_retriever.evaluation.metrics import compute_metrics
-from cir_retriever.evaluation.model import DatasetName, EvalSplit, Query, QueryOutcome, Split
-from cir_retriever.evaluation.rescoring import Gallery, Ranked, ldre_weights, rank_queries
-from cir_retriever.evaluation.runner import (
+from cir_evaluation.metrics import compute_metrics
+from cir_evaluation.model import DatasetName, EvalSplit, Query, QueryOutcome, Split
+from cir_evaluation.rescoring import Gallery, Ranked, ldre_weights, rank_queries
+from cir_evaluation.runner import (
     Echo,
     SearchTemplate,
     collection_name,
@@ -40,7 +39,8 @@ from cir_retriever.evaluation.runner import (
     retriever_stub,
     run_queries,
 )
-from cir_retriever.evaluation.sweep import SweepRow, parse_sweep, run_sweep
+from cir_evaluation.sweep import SweepRow, parse_sweep, run_sweep
+from cir_retriever.conversions import PRESET_TO_PROTO, STRATEGY_TO_PROTO, resolve_options_from_proto
 from cir_retriever.presets import PRESETS, Preset
 from cir_retriever.strategies import Options, StrategyName
 

@@ -24,7 +24,7 @@ DEFAULT_ADDRESS = "127.0.0.1:50050"
 
 
 def _models_tiny(args: argparse.Namespace) -> int:
-    from cir_common.tiny_pack import build_tiny_pack
+    from cir_tools.packs.tiny import build_tiny_pack
 
     profile = build_tiny_pack(Path(args.out))
     print(f"tiny model pack written to {Path(args.out).resolve()}")
@@ -34,8 +34,8 @@ def _models_tiny(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cir_common.local_suite import DEFAULT_PORTS, LocalSuite
-    from cir_common.tiny_pack import build_tiny_pack
+    from cir_tools.local_suite import DEFAULT_PORTS, LocalSuite
+    from cir_tools.packs.tiny import build_tiny_pack
 
     workdir = Path(args.workdir)
     profile = Path(args.profile) if args.profile else build_tiny_pack(workdir / "tiny-pack", echo=None)
@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from cir_common.retriever_client import connect, index_folder, progress_bar
+    from cir_client.retriever import connect, index_folder, progress_bar
 
     summary = index_folder(connect(args.address), args.collection, Path(args.folder), progress_bar)
     print(f"{summary.total} files: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())))
@@ -78,7 +78,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from cir_common.retriever_client import connect, format_response, parse_where, search_request
+    from cir_client.retriever import connect, format_response, parse_where, search_request
 
     stub = connect(args.address)
     request = search_request(
@@ -103,7 +103,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _collections(args: argparse.Namespace) -> int:
-    from cir_common.retriever_client import connect, parse_filterable
+    from cir_client.retriever import connect, parse_filterable
 
     stub = connect(args.address)
     if args.collections_command == "list":
@@ -129,17 +129,19 @@ def _collections(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from cir_common.demo import SAMPLE_GALLERY, run_demo
+    from cir_tools.demo import run_demo
 
     run_demo(
-        Path(args.out), Path(args.profile) if args.profile else None, Path(args.gallery or SAMPLE_GALLERY)
+        Path(args.out),
+        Path(args.profile) if args.profile else None,
+        Path(args.gallery) if args.gallery else None,
     )
     return 0
 
 
 def _add_eval_arguments(parser: argparse.ArgumentParser, synthetic: bool = False) -> None:
     try:
-        from cir_retriever.evaluation.cli import add_arguments, add_synthetic_arguments
+        from cir_evaluation.cli import add_arguments, add_synthetic_arguments
     except ModuleNotFoundError as exc:  # an image without the retriever package: say so when used
         error = exc
 
@@ -152,7 +154,7 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, synthetic: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cir_common.retriever_client import PRESETS, STRATEGIES
+    from cir_client.retriever import PRESETS, STRATEGIES
 
     parser = argparse.ArgumentParser(prog="cir", description="Zero-shot composed image retrieval suite.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -164,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--profile", default=None, help="profile TOML (default: $CIR_PROFILE, else the tiny pack)"
     )
-    demo.add_argument("--gallery", default=None, help="image folder to index (default: samples/gallery)")
+    demo.add_argument(
+        "--gallery",
+        default=None,
+        help="image folder to index (default: the sample gallery, drawn into OUT/gallery)",
+    )
     demo.set_defaults(handler=_demo)
 
     serve = commands.add_parser(

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cir.retriever.v1 import retriever_pb2
-from cir_common.local_suite import STARTUP_TIMEOUT_ENV, LocalSuite, startup_timeout_s
-from cir_common.retriever_client import (
+from cir_client.retriever import (
     connect,
     enum_label,
     format_response,
@@ -25,10 +24,10 @@ from cir_common.retriever_client import (
     progress_bar,
     search_request,
 )
-from cir_common.tiny_pack import PROFILE_HEADER, build_tiny_pack
+from cir_tools.local_suite import STARTUP_TIMEOUT_ENV, LocalSuite, startup_timeout_s
+from cir_tools.packs.tiny import PROFILE_HEADER, build_tiny_pack
+from cir_tools.sample_gallery import write_sample_gallery
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-SAMPLE_GALLERY = REPO_ROOT / "samples" / "gallery"
 COLLECTION = "samples"
 RANDOM_WEIGHTS_NOTICE = (
     "These models are the tiny pack: real architectures and formats with RANDOM weights. "
@@ -52,8 +51,11 @@ QUERIES = (
 )
 
 
-def run_demo(out: Path, profile: Path | None, gallery: Path = SAMPLE_GALLERY, top_k: int = 5) -> Path:
+def run_demo(out: Path, profile: Path | None, gallery: Path | None = None, top_k: int = 5) -> Path:
+    """Run the demo; `gallery` None draws the sample gallery into `out/gallery`."""
     out.mkdir(parents=True, exist_ok=True)
+    if gallery is None:
+        gallery = write_sample_gallery(out / "gallery")
     if profile is None:
         print("no profile given: building the tiny model pack (random weights) ...", flush=True)
         profile = build_tiny_pack(out / "tiny-pack", echo=None)

@@ -15,9 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cir_retriever import fusion
-from cir_retriever.evaluation.feature_cache import QueryRecord
-from cir_retriever.evaluation.rescoring import (
+from cir_evaluation.feature_cache import QueryRecord
+from cir_evaluation.rescoring import (
     Gallery,
     Ranked,
     keep_rows,
@@ -25,6 +24,7 @@ from cir_retriever.evaluation.rescoring import (
     ranked_from_rows,
     ranking_rows,
 )
+from cir_retriever import fusion
 from cir_retriever.fusion import ScoreFunction, normalize
 from cir_retriever.strategies import Options, StrategyName
 

@@ -19,7 +19,7 @@ from types import ModuleType
 
 import torch
 
-from cir_common.tiny_tokenizer import synthetic_captions, train_bpe_tokenizer
+from cir_tools.packs.tokenizer import synthetic_captions, train_bpe_tokenizer
 
 TINY_LLM_CONTEXT = 8192
 _TOKENIZER_VOCAB = 4000

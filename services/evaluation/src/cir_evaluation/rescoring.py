@@ -14,8 +14,8 @@ from functools import cached_property
 
 import numpy as np
 
+from cir_evaluation.feature_cache import QueryRecord
 from cir_retriever import fusion
-from cir_retriever.evaluation.feature_cache import QueryRecord
 from cir_retriever.fusion import normalize
 from cir_retriever.strategies import (
     GalleryFeatures,

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from cir_retriever.evaluation.model import FASHIONIQ_CATEGORIES, DatasetName, Query
+from cir_evaluation.model import FASHIONIQ_CATEGORIES, DatasetName, Query
 
 CIRCO_KS: tuple[int, ...] = (5, 10, 25, 50)
 CIRR_KS: tuple[int, ...] = (1, 5, 10, 50)

@@ -1,7 +1,8 @@
-"""Writes the sample gallery that ships with the repository (samples/gallery/*.png).
+"""The sample gallery of the demo: every combination of shape, colour and background, drawn with Pillow.
 
-Synthetic, so freely usable: every combination of shape, colour and background, drawn with Pillow.
-Re-running it produces byte-identical files.
+Synthetic, so freely usable, and drawn on the spot, so `cir demo` works from an installed package as well
+as from a checkout. The repository's `samples/gallery/*.png` are this module's output
+(`python -m cir_tools.sample_gallery samples/gallery`); re-running it produces the same images.
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ def draw(shape: str, colour: tuple[int, int, int], background: tuple[int, int, i
     return image
 
 
-def main(out: Path) -> None:
+def write_sample_gallery(out: Path) -> Path:
+    """Write the 24 images into `out` (created if missing); return `out`."""
     out.mkdir(parents=True, exist_ok=True)
     for shape, colour, background in itertools.product(SHAPES, COLOURS, BACKGROUNDS):
         image = draw(shape, COLOURS[colour], BACKGROUNDS[background])
         image.save(out / f"{colour}-{shape}-{background}.png", optimize=True)
+    return out
 
 
 if __name__ == "__main__":
-    main(
-        Path(sys.argv[1])
-        if len(sys.argv) > 1
-        else Path(__file__).resolve().parents[1] / "samples" / "gallery"
-    )
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m cir_tools.sample_gallery OUT_DIR")
+    write_sample_gallery(Path(sys.argv[1]))

@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from cir_retriever.evaluation.model import FASHIONIQ_CATEGORIES, DatasetName, Split
+from cir_evaluation.model import FASHIONIQ_CATEGORIES, DatasetName, Split
 
 __all__ = ["IMAGE_SIZE", "write_synthetic_dataset"]
 
@@ -176,7 +176,7 @@ def _write_circo(root: Path, split: Split, gallery_size: int, num_queries: int, 
             )
     info = {
         "info": {
-            "description": "Synthetic stand-in for COCO 2017 Unlabeled Dataset (cir_retriever.evaluation)",
+            "description": "Synthetic stand-in for COCO 2017 Unlabeled Dataset (cir_evaluation)",
             "version": "1.0",
             "year": 2017,
         },

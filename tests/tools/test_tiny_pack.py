@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cir_common.tiny_pack import PROFILE_HEADER, build_tiny_pack, render_toml
+from cir_tools.packs.tiny import PROFILE_HEADER, build_tiny_pack, render_toml
 
 
 def test_profile_points_at_existing_absolute_files(tiny_pack: Path, tiny_profile: dict[str, Any]) -> None:
@@ -47,32 +47,25 @@ def test_render_toml_writes_booleans_and_refuses_values_it_cannot_write() -> Non
         render_toml({"a": {"ratio": 1.5}})
 
 
-def test_missing_service_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # None in sys.modules makes the import fail exactly as for an uninstalled package.
-    monkeypatch.setitem(sys.modules, "cir_captioner.tiny", None)
-    with pytest.raises(RuntimeError, match="cir-captioner"):
-        build_tiny_pack(tmp_path, echo=None)
-
-
 def test_echo_lists_every_file_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Builders stubbed: this checks the listing only; the real builds are covered by the session pack.
-    import cir_captioner.tiny
-    import cir_encoder.tiny
-    import cir_reasoner.tiny
+    import cir_tools.packs.tiny_captioner
+    import cir_tools.packs.tiny_encoder
+    import cir_tools.packs.tiny_reasoner
 
     def fake_folder(out_dir: Path, seed: int = 0) -> Path:
         out_dir.mkdir(parents=True)
         (out_dir / "model.safetensors").write_bytes(b"x" * 2048)
         return out_dir
 
-    def fake_encoder(out_dir: Path, seed: int = 0) -> cir_encoder.tiny.TinyEncoderFiles:
+    def fake_encoder(out_dir: Path, seed: int = 0) -> cir_tools.packs.tiny_encoder.TinyEncoderFiles:
         fake_folder(out_dir)
         weights = out_dir / "model.safetensors"
-        return cir_encoder.tiny.TinyEncoderFiles(out_dir, weights, weights, {"lincir": weights})
+        return cir_tools.packs.tiny_encoder.TinyEncoderFiles(out_dir, weights, weights, {"lincir": weights})
 
-    monkeypatch.setattr(cir_encoder.tiny, "build_tiny_encoder", fake_encoder)
-    monkeypatch.setattr(cir_captioner.tiny, "build_tiny_blip2", fake_folder)
-    monkeypatch.setattr(cir_reasoner.tiny, "build_tiny_llm", fake_folder)
+    monkeypatch.setattr(cir_tools.packs.tiny_encoder, "build_tiny_encoder", fake_encoder)
+    monkeypatch.setattr(cir_tools.packs.tiny_captioner, "build_tiny_blip2", fake_folder)
+    monkeypatch.setattr(cir_tools.packs.tiny_reasoner, "build_tiny_llm", fake_folder)
     lines: list[str] = []
     profile = build_tiny_pack(tmp_path, echo=lines.append)
     assert "wrote profile.toml" in " ".join(lines)
@@ -81,19 +74,20 @@ def test_echo_lists_every_file_written(tmp_path: Path, monkeypatch: pytest.Monke
     assert profile == tmp_path.resolve() / "profile.toml"
 
 
-def test_common_modules_import_without_ml_packages() -> None:
-    # cir_common is installed beside services without torch/transformers; these modules must not need them.
+def test_pack_entry_points_import_without_ml_packages() -> None:
+    # `cir --help` and `cir models tiny --help` must answer without loading torch/transformers; the
+    # builders import them only when they run.
     code = (
         "import sys\n"
         "for name in ('torch', 'tokenizers', 'transformers', 'open_clip'):\n"
         "    sys.modules[name] = None\n"
-        "import cir_common.tiny_tokenizer, cir_common.tiny_pack\n"
+        "import cir_tools.packs.tokenizer, cir_tools.packs.tiny\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_encoder_part_is_reproducible(tmp_path: Path) -> None:
-    from cir_encoder.tiny import build_tiny_encoder
+    from cir_tools.packs.tiny_encoder import build_tiny_encoder
 
     first = build_tiny_encoder(tmp_path / "a", seed=0)
     second = build_tiny_encoder(tmp_path / "b", seed=0)

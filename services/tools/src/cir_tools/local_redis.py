@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from cir_common.child_server import ChildServer
+from cir_tools.child_server import ChildServer
 
 INSTALL_HINT = (
     "redis-server is not on PATH; run scripts/install-dev.sh (it installs the redis-server package)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cir_common.cli import main as cir
+from cir_tools.cli import main as cir
 
 
 def test_a_missing_image_file_is_named(tmp_path, capsys):

@@ -1,15 +1,14 @@
 """`cir models tiny`: build the pack of tiny random models and the profile that points the services at it.
 
-Each service package owns the builder of its own model; this module only calls them and writes
-`profile.toml`. The builders are imported when called, so cir_common stays importable without torch.
+One builder per model family sits beside this module (`tiny_encoder`, `tiny_captioner`, `tiny_reasoner`);
+this module only calls them and writes `profile.toml`. The builders are imported when called: they need
+torch, and `cir --help` must not.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 PROFILE_NAME = "profile.toml"
 PROFILE_HEADER = "# Tiny random models: the wiring is real, the weights are random (rankings mean nothing).\n"
@@ -23,9 +22,9 @@ def build_tiny_pack(out_dir: Path, echo: Callable[[str], None] | None = print) -
     """
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    encoder = _import("cir_encoder.tiny", "cir-encoder", "services/encoder")
-    captioner = _import("cir_captioner.tiny", "cir-captioner", "services/captioner")
-    reasoner = _import("cir_reasoner.tiny", "cir-reasoner", "services/reasoner")
+    from cir_tools.packs import tiny_captioner as captioner
+    from cir_tools.packs import tiny_encoder as encoder
+    from cir_tools.packs import tiny_reasoner as reasoner
 
     encoder_files = encoder.build_tiny_encoder(out_dir / "encoder", seed=TINY_SEED)
     blip2_dir = captioner.build_tiny_blip2(out_dir / "captioner" / "blip2-tiny", seed=TINY_SEED)
@@ -124,15 +123,3 @@ def _toml_string(text: str) -> str:
         else:
             escaped.append(ch)
     return '"' + "".join(escaped) + '"'
-
-
-def _import(module: str, distribution: str, source: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as error:
-        if error.name is not None and module.startswith(error.name):
-            raise RuntimeError(
-                f"building the tiny pack needs the {distribution} package, which is not installed "
-                f"(pip install -e {source}, or scripts/install-dev.sh)"
-            ) from error
-        raise

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from cir_common.images import upright_rgb
-from cir_retriever.evaluation.model import EvalSplit, Query, QueryOutcome, Split
+from cir_evaluation.model import EvalSplit, Query, QueryOutcome, Split
 
 REPORT_NAME = "report.html"
 FILES_DIR = "report_files"

@@ -1,0 +1,1 @@
+"""Python client of the CIR retriever (`cir_client.retriever`)."""

@@ -1,0 +1,1 @@
+"""Operator tools of the CIR suite: the `cir` command, the demo, the local suite and the model packs."""
