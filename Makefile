@@ -18,6 +18,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	cd protos && npx --no-install buf lint
 	bash scripts/gen-python-stubs.sh --check
 

@@ -33,22 +33,17 @@ from PIL import Image
 from cir.captioner.v1 import captioner_pb2, captioner_pb2_grpc
 from cir.common.v1 import common_pb2
 from cir_captioner.core import build_engine
-from cir_captioner.decoding import (
-    DecodingOverrides,
-    Variant,
-    defaults_from_settings,
-    limits_from_settings,
-    resolve_decoding,
-)
+from cir_captioner.decoding import DecodingOverrides, resolve_decoding
 from cir_captioner.engine import CaptionEngine
 from cir_captioner.service import CaptionerServicer
 from cir_captioner.settings import ENV_PREFIX, SECTION, CaptionerSettings
 from cir_common.cache import MemoryCache
 from cir_common.config import load_settings
 from cir_common.server import ServiceHost
+from cir_common.vocabulary import CAPTIONER, DecodingVariant, Precision
 from cir_tools.packs.tiny import build_tiny_pack
 
-SERVICE_NAME = "cir.captioner.v1.CaptionerService"
+SERVICE_NAME = CAPTIONER.grpc_name
 
 
 def _images(count: int, seed: int = 0) -> list[Image.Image]:
@@ -83,9 +78,9 @@ def _seconds_per_call(
 def engine_throughput(
     engine: CaptionEngine, settings: CaptionerSettings, batch_sizes: list[int], min_seconds: float
 ) -> list[dict]:
-    defaults, limits = defaults_from_settings(settings), limits_from_settings(settings)
+    defaults, limits = settings.decoding_defaults(), settings.decoding_limits()
     rows = []
-    for variant in Variant:
+    for variant in DecodingVariant:
         for n in (1, 5, 15):
             params = resolve_decoding(DecodingOverrides(variant=variant), n, defaults, limits)
             for batch in batch_sizes:
@@ -194,7 +189,7 @@ def main() -> None:
         settings = load_settings(
             CaptionerSettings, section=SECTION, env_prefix=ENV_PREFIX, profile=profile, environ={}
         )
-        settings.device, settings.dtype = "cpu", "float32"
+        settings.device, settings.dtype = "cpu", Precision.FP32
         engine = build_engine(settings)
         results["model"] = {"identity": engine.identity, "image_size": list(engine.blip2.image_size)}
         print("tiny BLIP-2: engine throughput", flush=True)

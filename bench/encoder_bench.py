@@ -31,6 +31,7 @@ from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir_common.cache import MemoryCache
 from cir_common.config import load_settings
 from cir_common.server import ServiceHost
+from cir_common.vocabulary import ENCODER, Precision, Preprocessing
 from cir_encoder.core import build_engine
 from cir_encoder.engine import EncoderEngine
 from cir_encoder.service import EncoderServicer
@@ -69,7 +70,9 @@ def engine_throughput(engine: EncoderEngine, batch_sizes: list[int], min_seconds
     for batch in batch_sizes:
         images = _images(batch)
         texts = [f"a photo of a red dress number {i} on a beach at night" for i in range(batch)]
-        image_rate = _rate(lambda images=images: engine.embed_images("targetpad", images), batch, min_seconds)
+        image_rate = _rate(
+            lambda images=images: engine.embed_images(Preprocessing.TARGETPAD, images), batch, min_seconds
+        )
         text_rate = _rate(
             lambda texts=texts: engine.embed_texts(engine.tokenize(texts).ids), batch, min_seconds
         )
@@ -87,12 +90,14 @@ def _vit_b32_settings(workdir: Path) -> EncoderSettings:
     model = open_clip.create_model("ViT-B-32", pretrained=None)
     path = workdir / "vit-b-32-random.pt"
     torch.save(model.state_dict(), path)
-    return EncoderSettings(clip_model="ViT-B-32", clip_pretrained=str(path), device="cpu", precision="fp32")
+    return EncoderSettings(
+        clip_model="ViT-B-32", clip_pretrained=str(path), device="cpu", precision=Precision.FP32
+    )
 
 
 async def _load_under_concurrency(settings: EncoderSettings, concurrency: int, requests_each: int) -> dict:
     settings.port = 0
-    host = ServiceHost(["cir.encoder.v1.EncoderService"], settings, display_name="encoder-bench")
+    host = ServiceHost([ENCODER.grpc_name], settings, display_name="encoder-bench")
     servicer = EncoderServicer(settings, cache=MemoryCache(1024))
     encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, host.server)
     port = await host.start()

@@ -30,7 +30,7 @@ from cir_common.config import load_settings
 from cir_reasoner.generation import Completion, PreparedPrompt, Sampling
 from cir_reasoner.prompts import CAPTION_SEPARATOR
 from cir_reasoner.settings import ENV_PREFIX, SECTION, ReasonerSettings
-from cir_reasoner.templates import OBJECTS_ADDED_TEMPLATE, TASK_EDIT, TASK_OBJECTS_ADDED, TemplateRegistry
+from cir_reasoner.templates import OBJECTS_ADDED_TEMPLATE, TemplateRegistry, TemplateTask
 from cir_reasoner.vllm_backend import VllmBackend
 from cir_tools.packs.tiny import build_tiny_pack
 
@@ -56,8 +56,8 @@ INSTRUCTION = "is at sunset and has a dog surfing next to him"
 
 def build_prompts(backend: VllmBackend) -> list[PreparedPrompt]:
     templates = TemplateRegistry.load()
-    edit = templates.get("edit_structural", TASK_EDIT)
-    objects = templates.get(OBJECTS_ADDED_TEMPLATE, TASK_OBJECTS_ADDED)
+    edit = templates.get("edit_structural", TemplateTask.EDIT)
+    objects = templates.get(OBJECTS_ADDED_TEMPLATE, TemplateTask.OBJECTS_ADDED)
     texts = [edit.render(caption, INSTRUCTION) for caption in CAPTIONS]
     texts.append(objects.render(CAPTION_SEPARATOR.join(CAPTIONS), INSTRUCTION))
     return [backend.prepare(text) for text in texts]

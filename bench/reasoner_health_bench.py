@@ -53,10 +53,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cir.common.v1 import common_pb2
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
+from cir_common.vocabulary import REASONER
 from cir_tools.local_suite import LocalSuite
 from cir_tools.packs.tiny import build_tiny_pack
 
-SERVICE = "cir.reasoner.v1.ReasonerService"
+SERVICE = REASONER.grpc_name
 HEALTH_PERIOD_S = 0.02
 MAX_TEXT_CHARS = 4096  # the reasoner's default limit
 MAX_CAPTIONS = 64  # the reasoner's default max_captions_per_request
@@ -177,16 +178,16 @@ def main() -> int:
         profile = (
             Path(args.pack) / "profile.toml" if args.pack else build_tiny_pack(workdir / "pack", echo=None)
         )
-        env = {"CIR_REASONER_ENFORCE_EAGER": "true", "VLLM_CPU_KVCACHE_SPACE": "1"}
+        env = {f"{REASONER.env_prefix}ENFORCE_EAGER": "true", "VLLM_CPU_KVCACHE_SPACE": "1"}
         if args.reasoner_src:
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [args.reasoner_src, os.environ.get("PYTHONPATH")])
             )
         suite = LocalSuite(profile=profile, workdir=workdir / "suite", use_redis=False, extra_env=env)
         load_before = os.getloadavg()
-        suite.start(timeout_s=900, names=("reasoner",))
+        suite.start(timeout_s=900, names=(REASONER.service,))
         try:
-            address = suite.processes["reasoner"].address
+            address = suite.processes[REASONER.service].address
             rng = random.Random(14)
             # A first call warms the engine up (its first step compiles nothing when eager, but allocates).
             run_scenario(address, [at_limit_request(rng)], 0)

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 
 from cir.retriever.v1 import retriever_pb2
 from cir_client.retriever import connect, index_folder, search_request
+from cir_common.vocabulary import RETRIEVER
 from cir_tools.local_suite import LocalSuite
 from cir_tools.packs.tiny import build_tiny_pack
 
@@ -164,8 +165,8 @@ def _suite_phases(
     # tiny profile's admission of generative searches (one at a time, sized for uncached ones) would measure
     # the gate instead, so it is opened here; bench/overload_bench.py measures the gate.
     open_gate = {
-        "CIR_RETRIEVER_MAX_CONCURRENT_GENERATIVE_SEARCHES": "64",
-        "CIR_RETRIEVER_MAX_QUEUED_GENERATIVE_SEARCHES": "128",
+        f"{RETRIEVER.env_prefix}MAX_CONCURRENT_GENERATIVE_SEARCHES": "64",
+        f"{RETRIEVER.env_prefix}MAX_QUEUED_GENERATIVE_SEARCHES": "128",
     }
     suite = LocalSuite(profile=profile, workdir=workdir, use_redis=use_redis, extra_env=open_gate)
     suite.start(timeout_s=600)

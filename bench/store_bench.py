@@ -38,6 +38,7 @@ from cir_retriever.gallery import matrices as exact
 from cir_retriever.gallery.ann import AnnIndexes
 from cir_retriever.gallery.local import Collection, GalleryStore
 from cir_retriever.gallery.types import (
+    AnnIndex,
     CollectionSettings,
     Condition,
     FieldType,
@@ -279,7 +280,7 @@ def ann_figures(collection: Collection, queries: np.ndarray, args: argparse.Name
     clustered_view, clustered_queries = clustered(min(collection.size(), args.ann_max), args)
     return {
         "n": uniform["n"],
-        "method": "hnsw",
+        "method": AnnIndex.HNSW.value,
         "data": "uniform random (this collection)",
         "recall_at_50": uniform["recall_at_50"],
         "query_ms": uniform["query_ms"],
@@ -289,7 +290,7 @@ def ann_figures(collection: Collection, queries: np.ndarray, args: argparse.Name
 
 
 def hnsw_recall(view: exact.View, queries: np.ndarray, args: argparse.Namespace) -> dict:
-    indexes = AnnIndexes("hnsw")
+    indexes = AnnIndexes(AnnIndex.HNSW)
     build = timed(lambda: indexes.search(view, IMAGE, queries[:1], args.k))
     truth, _ = exact.search(view, IMAGE, queries, args.k)
     exact_ms = median([timed(lambda q=q: exact.search(view, IMAGE, q, args.k)) for q in queries[:20]])

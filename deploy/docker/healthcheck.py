@@ -8,6 +8,8 @@ image has.
     python /opt/cir/healthcheck.py retriever --address 10.0.0.5:50050 --timeout 3
 
 Exit status 0 when SERVING, 1 otherwise (NOT_SERVING while the model loads or while draining, or unreachable).
+The names, gRPC service names, default ports and setting prefixes are cir_common.vocabulary's (every image
+installs cir-common); it loads grpc and the protobuf descriptors, no service code.
 """
 
 from __future__ import annotations
@@ -19,25 +21,20 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-SERVICES = {
-    # name: (gRPC service, default port). Written out, not imported from cir_common: a probe runs every few
-    # seconds and loads nothing but grpc.
-    "encoder": ("cir.encoder.v1.EncoderService", 50051),
-    "captioner": ("cir.captioner.v1.CaptionerService", 50052),
-    "reasoner": ("cir.reasoner.v1.ReasonerService", 50053),
-    "retriever": ("cir.retriever.v1.RetrieverService", 50050),
-}
+from cir_common.vocabulary import SERVICES, Service
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("service", choices=sorted(SERVICES))
+    parser.add_argument("service", choices=sorted(str(name) for name in Service))
     parser.add_argument("--address", help="host:port (default 127.0.0.1 and the service's configured port)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     args = parser.parse_args(argv)
 
-    grpc_name, default_port = SERVICES[args.service]
-    address = args.address or f"127.0.0.1:{os.environ.get(f'CIR_{args.service.upper()}_PORT', default_port)}"
+    identity = SERVICES[Service(args.service)]
+    grpc_name = identity.grpc_name
+    port = os.environ.get(f"{identity.env_prefix}PORT", identity.default_port)
+    address = args.address or f"127.0.0.1:{port}"
     try:
         with grpc.insecure_channel(address) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(

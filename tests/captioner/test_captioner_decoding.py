@@ -15,7 +15,6 @@ from cir_captioner.decoding import (
     DecodingLimits,
     DecodingOverrides,
     ServerDecodingDefaults,
-    Variant,
     generate_kwargs,
     resolve_decoding,
 )
@@ -23,18 +22,19 @@ from cir_captioner.service import CaptionerServicer, overrides_from_proto, param
 from cir_captioner.settings import CaptionerSettings
 from cir_common.cache import MemoryCache
 from cir_common.errors import ConfigError, InvalidArgument
+from cir_common.vocabulary import DecodingVariant
 
 LIMITS = DecodingLimits(max_num_captions=64, max_new_tokens=100, max_num_beams=64, max_prompt_chars=256)
-DEFAULTS = ServerDecodingDefaults(variant=Variant.BEAM_SAMPLE, num_captions=15, prompt="a photo of")
+DEFAULTS = ServerDecodingDefaults(variant=DecodingVariant.BEAM_SAMPLE, num_captions=15, prompt="a photo of")
 
 
 def test_variants_carry_the_published_settings():
     # method.md 2.3: LDRE's nucleus stack and CVSI's released beam_sample stack.
-    assert dataclasses.asdict(VARIANT_DEFAULTS[Variant.NUCLEUS]) == {
+    assert dataclasses.asdict(VARIANT_DEFAULTS[DecodingVariant.NUCLEUS]) == {
         "do_sample": True, "top_p": 0.9, "temperature": 1.0, "num_beams": 1,
         "length_field": "max_new_tokens", "caption_tokens": 30, "min_length": None,
     }  # fmt: skip
-    assert dataclasses.asdict(VARIANT_DEFAULTS[Variant.BEAM_SAMPLE]) == {
+    assert dataclasses.asdict(VARIANT_DEFAULTS[DecodingVariant.BEAM_SAMPLE]) == {
         "do_sample": True, "top_p": 0.9, "temperature": 1.0, "num_beams": 15,
         "length_field": "max_length", "caption_tokens": 30, "min_length": 1,
     }  # fmt: skip
@@ -43,7 +43,7 @@ def test_variants_carry_the_published_settings():
 def test_server_defaults_resolve_to_fifteen_beam_sampled_captions():
     params = resolve_decoding(DecodingOverrides(), 0, DEFAULTS, LIMITS)
     assert (params.variant, params.num_captions, params.prompt, params.seed) == (
-        Variant.BEAM_SAMPLE, 15, "a photo of", None,
+        DecodingVariant.BEAM_SAMPLE, 15, "a photo of", None,
     )  # fmt: skip
     assert (params.max_length, params.max_new_tokens, params.min_length) == (30, None, 1)
     assert generate_kwargs(params) == {
@@ -54,7 +54,7 @@ def test_server_defaults_resolve_to_fifteen_beam_sampled_captions():
 
 
 def test_explicit_defaults_sent_as_float32_equal_the_implicit_ones():
-    implicit = resolve_decoding(DecodingOverrides(variant=Variant.NUCLEUS), 5, DEFAULTS, LIMITS)
+    implicit = resolve_decoding(DecodingOverrides(variant=DecodingVariant.NUCLEUS), 5, DEFAULTS, LIMITS)
     message = captioner_pb2.DecodingParameters(
         variant=captioner_pb2.DECODING_VARIANT_NUCLEUS, top_p=0.9, temperature=1.0, max_new_tokens=30
     )
@@ -66,8 +66,8 @@ def test_explicit_defaults_sent_as_float32_equal_the_implicit_ones():
 
 def test_the_echoed_parameters_reproduce_the_request():
     overrides = DecodingOverrides(
-        variant=Variant.BEAM_SAMPLE, top_p=0.75, temperature=0.5, num_beams=8, max_length=12, min_length=2,
-        prompt="", seed=2**64 - 1,
+        variant=DecodingVariant.BEAM_SAMPLE, top_p=0.75, temperature=0.5, num_beams=8, max_length=12,
+        min_length=2, prompt="", seed=2**64 - 1,
     )  # fmt: skip
     params = resolve_decoding(overrides, 8, DEFAULTS, LIMITS)
     echoed = params_to_proto(params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 
 import pytest
 
@@ -91,3 +92,49 @@ def test_optional_values_and_reference():
     rows = {name: (kind, default) for name, kind, default in settings_reference(_Settings, "T_")}
     assert rows["T_BATCH"] == ("int", "8")
     assert rows["T_OPTIONAL_PATH"] == ("str | NoneType", "None")
+
+
+class _Colour(StrEnum):
+    RED = "red"
+    DARK_BLUE = "dark_blue"
+
+
+@dataclasses.dataclass
+class _ChoosingSettings(ServiceSettings):
+    colour: _Colour = _Colour.RED
+    fallback: _Colour | None = None
+    batch: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        if self.batch < 1:
+            raise ConfigError(f"setting batch={self.batch} must be at least 1")
+
+
+def test_enum_settings_parse_from_profile_and_environment(tmp_path):
+    profile = _profile(tmp_path, '[svc]\ncolour = "dark_blue"\n')
+    settings = load_settings(
+        _ChoosingSettings, section="svc", env_prefix="T_", profile=profile, environ={"T_FALLBACK": "RED"}
+    )
+    assert settings.colour is _Colour.DARK_BLUE
+    assert settings.fallback is _Colour.RED
+
+
+def test_unknown_choice_names_the_setting_and_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"T_COLOUR='green': choose red or dark_blue"):
+        load_settings(_ChoosingSettings, section="svc", env_prefix="T_", environ={"T_COLOUR": "green"})
+
+
+def test_settings_built_directly_get_their_enum_and_their_checks():
+    assert _ChoosingSettings(colour="dark_blue").colour is _Colour.DARK_BLUE  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="choose red or dark_blue"):
+        _ChoosingSettings(colour="green")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="batch=0 must be at least 1"):
+        _ChoosingSettings(batch=0)
+    with pytest.raises(ConfigError, match="port=70000"):
+        load_settings(_ChoosingSettings, section="svc", env_prefix="T_", environ={"T_PORT": "70000"})
+
+
+def test_reference_shows_choices_and_plain_defaults():
+    rows = {name: (kind, default) for name, kind, default in settings_reference(_ChoosingSettings, "T_")}
+    assert rows["T_COLOUR"] == ("red / dark_blue", "'red'")

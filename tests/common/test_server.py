@@ -423,7 +423,9 @@ async def test_a_queued_call_cancelled_by_its_client_leaves_the_queue(one_slot):
     assert host.admission.running == 0
 
 
-async def test_a_client_stream_holds_one_slot_for_its_whole_length():
+async def _one_slot_host_with_an_open_stream():
+    """A host admitting one call at a time (no queue), with a client stream started, served once and left
+    open waiting for more: (host, servicer, channel, the stream call). The caller stops host and channel."""
     host, servicer, _, channel = await _start(max_concurrent_rpcs=1, max_queued_rpcs=0)
     try:
         await host.set_ready()
@@ -432,7 +434,17 @@ async def test_a_client_stream_holds_one_slot_for_its_whole_length():
             retriever_pb2.IngestImagesRequest(collection="c", image=retriever_pb2.GalleryImage(id="a"))
         )
         assert (await ingest.read()).item.id == "a"  # the stream runs, and waits for more
+    except BaseException:
+        servicer.release.set()
+        await channel.close()
+        await host.stop()
+        raise
+    return host, servicer, channel, ingest
 
+
+async def test_a_client_stream_holds_one_slot_for_its_whole_length():
+    host, servicer, channel, ingest = await _one_slot_host_with_an_open_stream()
+    try:
         stub = encoder_pb2_grpc.EncoderServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.EmbedTexts(encoder_pb2.EmbedTextsRequest(texts=["a"]), timeout=30)
@@ -455,14 +467,8 @@ async def test_admission_settings_are_checked_at_start():
 
 
 async def test_a_stream_cancelled_by_its_client_gives_its_slot_back():
-    host, servicer, _, channel = await _start(max_concurrent_rpcs=1, max_queued_rpcs=0)
+    host, servicer, channel, ingest = await _one_slot_host_with_an_open_stream()
     try:
-        await host.set_ready()
-        ingest = retriever_pb2_grpc.RetrieverServiceStub(channel).IngestImages(timeout=60)
-        await ingest.write(
-            retriever_pb2.IngestImagesRequest(collection="c", image=retriever_pb2.GalleryImage(id="a"))
-        )
-        assert (await ingest.read()).item.id == "a"
         assert host.admission.running == 1
         ingest.cancel()
         await _wait_until(lambda: host.admission.running == 0, "the cancelled stream's slot released")

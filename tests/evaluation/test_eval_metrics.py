@@ -268,10 +268,10 @@ def test_fashioniq_refuses_test_queries_and_missing_category() -> None:
 # ---------------------------------------------------------------- validation and dispatch
 
 
-@pytest.mark.parametrize("dataset", list(DatasetName))
-def test_duplicate_ids_are_refused_naming_query_and_id(dataset: DatasetName) -> None:
-    q = Query(
-        id="42",
+def _any_dataset_query(query_id: str) -> Query:
+    """A query every dataset's metrics accept: target t, CIRR image set r t u v w y, FashionIQ dress."""
+    return Query(
+        id=query_id,
         reference_id="r",
         text="",
         target_id="t",
@@ -279,6 +279,11 @@ def test_duplicate_ids_are_refused_naming_query_and_id(dataset: DatasetName) -> 
         subset=("r", "t", "u", "v", "w", "y"),
         category="dress",
     )
+
+
+@pytest.mark.parametrize("dataset", list(DatasetName))
+def test_duplicate_ids_are_refused_naming_query_and_id(dataset: DatasetName) -> None:
+    q = _any_dataset_query("42")
     ranking = fill("x", ["t", "u", "v", "w", "y", "u"], 80)
     with pytest.raises(ValueError, match=r"'42'.*repeats gallery id 'u'"):
         compute_metrics(dataset, {"42": ranking}, [q])
@@ -286,15 +291,7 @@ def test_duplicate_ids_are_refused_naming_query_and_id(dataset: DatasetName) -> 
 
 @pytest.mark.parametrize(("dataset", "needed"), [("circo", 50), ("cirr", 50), ("fashioniq", 50)])
 def test_short_rankings_are_refused(dataset: str, needed: int) -> None:
-    q = Query(
-        id="1",
-        reference_id="r",
-        text="",
-        target_id="t",
-        ground_truth=("t",),
-        subset=("r", "t", "u", "v", "w", "y"),
-        category="dress",
-    )
+    q = _any_dataset_query("1")
     ranking = fill("x", ["t", "u", "v", "w", "y"], 30)
     with pytest.raises(ValueError, match=f"30 ids but at least {needed}"):
         compute_metrics(dataset, {"1": ranking}, [q])

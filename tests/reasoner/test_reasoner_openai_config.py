@@ -59,23 +59,24 @@ async def test_no_key_no_header(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "endpoint", "message"),
+    ("overrides", "endpoint", "message"),
     [
-        (_settings(openai_model=""), _Endpoint(), "needs CIR_REASONER_OPENAI_BASE_URL"),
+        ({"openai_model": ""}, _Endpoint(), "needs CIR_REASONER_OPENAI_BASE_URL"),
         (
-            _settings(),
+            {},
             _Endpoint(served=("llama-3", "qwen")),
             "does not serve model 'tiny-llm'; it serves: llama-3, qwen",
         ),
-        (_settings(), _Endpoint(status=401), "refused the API key (401)"),
-        (_settings(prompt_format="json"), _Endpoint(), "PROMPT_FORMAT='json'"),
+        ({}, _Endpoint(status=401), "refused the API key (401)"),
+        ({"prompt_format": "json"}, _Endpoint(), "PROMPT_FORMAT='json'"),
     ],
 )
 async def test_configuration_mistakes_stop_the_start(
-    settings: ReasonerSettings, endpoint: _Endpoint, message: str
+    overrides: dict[str, object], endpoint: _Endpoint, message: str
 ) -> None:
+    # The settings refuse their own mistakes when built; the endpoint's are found when the backend starts.
     with pytest.raises(ConfigError) as caught:
-        await OpenAIBackend.start(settings, transport=endpoint)
+        await OpenAIBackend.start(_settings(**overrides), transport=endpoint)
     assert message in caught.value.message
 
 

@@ -11,12 +11,11 @@ import itertools
 import numpy as np
 import pytest
 
+from cir_common.vocabulary import CaptionSelection, EditMode
 from cir_retriever import fusion
 from cir_retriever.fusion import ScoreFunction
 from cir_retriever.presets import PRESETS, WEIMOCIR_SLOTS, Preset
 from cir_retriever.strategies import (
-    CaptionSelection,
-    EditMode,
     GalleryFeatures,
     Options,
     QueryInputs,

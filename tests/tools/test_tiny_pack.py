@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -10,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from cir_common.errors import ConfigError
+from cir_common.vocabulary import Service
 from cir_tools.packs.tiny import PROFILE_HEADER, build_tiny_pack, render_toml
+from cir_tools.profiles import check_profile
 
 
 def test_profile_points_at_existing_absolute_files(tiny_pack: Path, tiny_profile: dict[str, Any]) -> None:
@@ -47,8 +51,9 @@ def test_render_toml_writes_booleans_and_refuses_values_it_cannot_write() -> Non
         render_toml({"a": {"ratio": 1.5}})
 
 
-def test_echo_lists_every_file_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Builders stubbed: this checks the listing only; the real builds are covered by the session pack.
+@pytest.fixture
+def stub_builders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model builders stubbed (a file each), for tests of what the pack does around them."""
     import cir_tools.packs.tiny_captioner
     import cir_tools.packs.tiny_encoder
     import cir_tools.packs.tiny_reasoner
@@ -66,12 +71,54 @@ def test_echo_lists_every_file_written(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(cir_tools.packs.tiny_encoder, "build_tiny_encoder", fake_encoder)
     monkeypatch.setattr(cir_tools.packs.tiny_captioner, "build_tiny_blip2", fake_folder)
     monkeypatch.setattr(cir_tools.packs.tiny_reasoner, "build_tiny_llm", fake_folder)
+
+
+@pytest.mark.usefixtures("stub_builders")
+def test_echo_lists_every_file_written(tmp_path: Path) -> None:
+    # Builders stubbed: this checks the listing only; the real builds are covered by the session pack.
     lines: list[str] = []
     profile = build_tiny_pack(tmp_path, echo=lines.append)
     assert "wrote profile.toml" in " ".join(lines)
     assert "wrote captioner/blip2-tiny/model.safetensors (2.0 KiB)" in lines
     assert lines[-1] == f"pack: {tmp_path.resolve()}"
     assert profile == tmp_path.resolve() / "profile.toml"
+
+
+def test_every_service_reads_the_pack_profile(tiny_pack: Path) -> None:
+    settings = check_profile(tiny_pack)
+    assert set(settings) == set(Service)
+    assert settings[Service.REASONER].max_model_len == 8192  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("profile", "refusal"),
+    [
+        ('[encoder]\nclip_modle = "ViT-B-32"\n', "unknown encoder setting(s) clip_modle"),
+        ('[retriever]\nmax_concurrent_generative_searches = "one"\n', "max_concurrent_generative_searches"),
+        (
+            '[reasoner]\nmax_model_len = 8192\n[captioner]\nmodle = "x"\n',
+            "unknown captioner setting(s) modle",
+        ),
+    ],
+)
+def test_a_profile_key_no_service_takes_is_refused(tmp_path: Path, profile: str, refusal: str) -> None:
+    path = tmp_path / "profile.toml"
+    path.write_text(profile, encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        check_profile(path)
+
+
+@pytest.mark.usefixtures("stub_builders")
+def test_the_pack_build_fails_on_a_key_it_misspells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cir_tools.packs.tiny as tiny
+
+    def misspelled(tables: dict[str, dict[str, str | int | bool]]) -> str:
+        tables["reasoner"] = {**tables["reasoner"], "enforce_eagre": True}
+        return render_toml(tables)
+
+    monkeypatch.setattr(tiny, "render_toml", misspelled)
+    with pytest.raises(ConfigError, match=re.escape("unknown reasoner setting(s) enforce_eagre")):
+        build_tiny_pack(tmp_path, echo=None)
 
 
 def test_pack_entry_points_import_without_ml_packages() -> None:

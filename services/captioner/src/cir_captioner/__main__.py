@@ -9,8 +9,9 @@ from cir_captioner.service import CaptionerServicer
 from cir_captioner.settings import CaptionerSettings, load_captioner_settings
 from cir_common.server import ServiceHost
 from cir_common.service_kit import run_service
+from cir_common.vocabulary import CAPTIONER
 
-SERVICE_NAME = "cir.captioner.v1.CaptionerService"
+SERVICE_NAME = CAPTIONER.grpc_name
 
 
 def _build(settings: CaptionerSettings, host: ServiceHost) -> CaptionerServicer:
@@ -21,7 +22,7 @@ def _build(settings: CaptionerSettings, host: ServiceHost) -> CaptionerServicer:
 
 def main() -> int:
     return run_service(
-        display_name="captioner",
+        display_name=CAPTIONER.service.value,
         service_name=SERVICE_NAME,
         settings_loader=load_captioner_settings,
         build=_build,

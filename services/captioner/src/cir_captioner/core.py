@@ -1,36 +1,30 @@
 """The captioner's core: validated decoding, batching across requests and caching around the CaptionEngine.
 
 `Captioner` is what the gRPC layer (`service.py`) calls after converting a request. It knows no protos: it
-takes the decoding as `DecodingOverrides` (variant as `decoding.Variant`) and plain numbers, returns
-dataclasses, and raises `cir_common.errors` types, which the server maps to status codes.
+takes the images as readers (`cir_common.service_kit.ImageReader`), the decoding as `DecodingOverrides`
+(variant as `cir_common.vocabulary.DecodingVariant`) and plain numbers, returns dataclasses, and raises
+`cir_common.errors` types, which the server maps to status codes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from PIL import Image
 
 from cir_captioner.blip2_loading import load_blip2
-from cir_captioner.decoding import (
-    DecodingOverrides,
-    DecodingParams,
-    defaults_from_settings,
-    limits_from_settings,
-    resolve_decoding,
-)
+from cir_captioner.decoding import DecodingOverrides, DecodingParams, resolve_decoding
 from cir_captioner.engine import CaptionEngine
 from cir_captioner.settings import ENV_PREFIX, CaptionerSettings
 from cir_common.batching import BatchStats, MicroBatcher
 from cir_common.cache import Cache, cache_from_settings, cache_key, pack_json, unpack_json
 from cir_common.errors import ConfigError, InvalidArgument, Unavailable
-from cir_common.images import DecodeBudget, DecodeBudgetStats, DecodedImage
+from cir_common.images import DecodeBudgetStats
 from cir_common.memo import get_or_compute
-from cir_common.service_kit import StageTimer, decode_budget, pending_items_limit, require_items
+from cir_common.service_kit import ImageIntake, ImageReader, StageTimer, pending_items_limit, require_items
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +36,6 @@ def build_engine(settings: CaptionerSettings) -> CaptionEngine:
 
 
 # --- what the core takes and returns --------------------------------------------------------------------
-
-
-class RequestImages(Protocol):
-    """A request's images, not yet read: how many there are, and how to read and decode them.
-
-    `decoded` reads every image (bytes, or a file the server may open), reserves their decoded size in the
-    process's `budget` and decodes them, holding the reservation until its block ends; it records the stage
-    "decode" on `timer`. The gRPC layer binds its image messages to `decoded_request_images` this way, so
-    reading files, probing and decoding stay one reservation whatever form the images came in.
-    """
-
-    def __len__(self) -> int: ...
-
-    def decoded(
-        self, budget: DecodeBudget, timer: StageTimer
-    ) -> AbstractAsyncContextManager[list[DecodedImage]]: ...
 
 
 @dataclass(frozen=True)
@@ -104,13 +82,14 @@ class CaptionerStats:
 
 class Captioner:
     def __init__(self, settings: CaptionerSettings, cache: Cache | None = None) -> None:
-        # Checked before the model loads: a bad default should stop the process, not the first request.
-        self.defaults = defaults_from_settings(settings)
-        self.limits = limits_from_settings(settings)
+        # The settings checked themselves when built (CaptionerSettings.validate), the default decoding too.
+        self.defaults = settings.decoding_defaults()
+        self.limits = settings.decoding_limits()
         self.default_params = resolve_decoding(DecodingOverrides(), 0, self.defaults, self.limits)
         self.settings = settings
         self.cache = cache or cache_from_settings(settings)
-        self.decode_budget = decode_budget(settings, ENV_PREFIX)
+        self.intake = ImageIntake(settings, ENV_PREFIX)
+        self.decode_budget = self.intake.budget
         self._engine: CaptionEngine | None = None
         self._batcher: MicroBatcher[DecodingParams, Image.Image, list[str]] | None = None
 
@@ -192,7 +171,7 @@ class Captioner:
 
     async def generate_captions(
         self,
-        images: RequestImages,
+        images: Sequence[ImageReader],
         num_captions: int,
         decoding: DecodingOverrides,
         *,
@@ -209,7 +188,7 @@ class Captioner:
         engine = self.engine
         timer = StageTimer()
         # The decoded pixels count against the process's budget until the model has run on them.
-        async with images.decoded(self.decode_budget, timer) as decoded:
+        async with self.intake.decoded(images, timer=timer) as decoded:
             cache_params = self._cache_params(params)
             keys = [cache_key(CACHE_KIND, engine.identity, cache_params, d.content_sha256) for d in decoded]
             assert self._batcher is not None

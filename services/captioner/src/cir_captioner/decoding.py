@@ -9,17 +9,14 @@ builds what `generate` receives.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from dataclasses import dataclass
 from typing import Any
 
-from cir_captioner.settings import ENV_PREFIX, CaptionerSettings
-from cir_common.errors import ConfigError, InvalidArgument, ResourceExhausted
+from cir_common.errors import InvalidArgument, ResourceExhausted
+from cir_common.vocabulary import CAPTIONER, DecodingVariant
 
-
-class Variant(enum.StrEnum):
-    NUCLEUS = "nucleus"  # LDRE's stack
-    BEAM_SAMPLE = "beam_sample"  # CVSI's released stack
+# The settings behind the limits are named by their environment variables (cir_captioner.settings).
+ENV_PREFIX = CAPTIONER.env_prefix
 
 
 @dataclass(frozen=True)
@@ -35,12 +32,12 @@ class VariantDefaults:
     min_length: int | None
 
 
-VARIANT_DEFAULTS: dict[Variant, VariantDefaults] = {
-    Variant.NUCLEUS: VariantDefaults(
+VARIANT_DEFAULTS: dict[DecodingVariant, VariantDefaults] = {
+    DecodingVariant.NUCLEUS: VariantDefaults(  # LDRE's stack
         do_sample=True, top_p=0.9, temperature=1.0, num_beams=1,
         length_field="max_new_tokens", caption_tokens=30, min_length=None,
     ),
-    Variant.BEAM_SAMPLE: VariantDefaults(
+    DecodingVariant.BEAM_SAMPLE: VariantDefaults(  # CVSI's released stack
         do_sample=True, top_p=0.9, temperature=1.0, num_beams=15,
         length_field="max_length", caption_tokens=30, min_length=1,
     ),
@@ -59,7 +56,7 @@ MAX_TEMPERATURE = 10.0  # far past any useful value; bounds a request to somethi
 class DecodingOverrides:
     """What a request asked for; None = take the variant's (or the server's) default."""
 
-    variant: Variant | None = None
+    variant: DecodingVariant | None = None
     top_p: float | None = None
     temperature: float | None = None
     num_beams: int | None = None
@@ -80,7 +77,7 @@ class DecodingLimits:
 
 @dataclass(frozen=True)
 class ServerDecodingDefaults:
-    variant: Variant
+    variant: DecodingVariant
     num_captions: int
     prompt: str
 
@@ -89,7 +86,7 @@ class ServerDecodingDefaults:
 class DecodingParams:
     """Every parameter that shapes the captions, defaults filled in. Hashable: the batching key."""
 
-    variant: Variant
+    variant: DecodingVariant
     num_captions: int
     do_sample: bool
     top_p: float
@@ -134,43 +131,6 @@ def generate_kwargs(params: DecodingParams) -> dict[str, Any]:
         **({} if params.min_length is None else {"min_new_tokens": params.min_length}),
         **FIXED_GENERATE_ARGS,
     }
-
-
-def parse_variant(name: str) -> Variant:
-    try:
-        return Variant(name.strip().lower())
-    except ValueError:
-        choices = ", ".join(v.value for v in Variant)
-        raise ConfigError(
-            f"{ENV_PREFIX}DEFAULT_VARIANT={name!r} is not a decoding variant; use {choices}"
-        ) from None
-
-
-def limits_from_settings(settings: CaptionerSettings) -> DecodingLimits:
-    return DecodingLimits(
-        max_num_captions=settings.max_num_captions,
-        max_new_tokens=settings.max_new_tokens,
-        max_num_beams=settings.max_num_beams,
-        max_prompt_chars=settings.max_prompt_chars,
-    )
-
-
-def defaults_from_settings(settings: CaptionerSettings) -> ServerDecodingDefaults:
-    """The server's defaults, checked against its own limits so a bad configuration fails at start-up."""
-    defaults = ServerDecodingDefaults(
-        variant=parse_variant(settings.default_variant),
-        num_captions=settings.default_num_captions,
-        prompt=settings.default_prompt,
-    )
-    if defaults.num_captions < 1:
-        raise ConfigError(f"{ENV_PREFIX}DEFAULT_NUM_CAPTIONS must be at least 1, got {defaults.num_captions}")
-    try:
-        resolve_decoding(DecodingOverrides(), 0, defaults, limits_from_settings(settings))
-    except (InvalidArgument, ResourceExhausted) as error:
-        raise ConfigError(
-            f"the default decoding does not fit this server's settings: {error.message}"
-        ) from None
-    return defaults
 
 
 def resolve_decoding(
@@ -241,7 +201,7 @@ def resolve_decoding(
 
 
 def _caption_tokens(
-    variant: Variant, base: VariantDefaults, overrides: DecodingOverrides, limits: DecodingLimits
+    variant: DecodingVariant, base: VariantDefaults, overrides: DecodingOverrides, limits: DecodingLimits
 ) -> int:
     given = {"max_new_tokens": overrides.max_new_tokens, "max_length": overrides.max_length}
     other = "max_length" if base.length_field == "max_new_tokens" else "max_new_tokens"

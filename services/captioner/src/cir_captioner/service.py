@@ -6,8 +6,6 @@ Errors raised by the core are `cir_common.errors` types; the server's intercepto
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import numpy as np
@@ -15,16 +13,16 @@ import numpy as np
 from cir.captioner.v1 import captioner_pb2, captioner_pb2_grpc
 from cir.common.v1 import common_pb2
 from cir_captioner.core import Captioner, ModelInfo
-from cir_captioner.decoding import DecodingOverrides, DecodingParams, Variant
+from cir_captioner.decoding import DecodingOverrides, DecodingParams
 from cir_captioner.settings import CaptionerSettings
 from cir_common.cache import Cache
 from cir_common.errors import InvalidArgument
-from cir_common.images import DecodeBudget, DecodedImage
-from cir_common.service_kit import StageTimer, decoded_request_images
+from cir_common.service_kit import image_reader
+from cir_common.vocabulary import DecodingVariant
 
 _VARIANT_FROM_PROTO = {
-    captioner_pb2.DECODING_VARIANT_NUCLEUS: Variant.NUCLEUS,
-    captioner_pb2.DECODING_VARIANT_BEAM_SAMPLE: Variant.BEAM_SAMPLE,
+    captioner_pb2.DECODING_VARIANT_NUCLEUS: DecodingVariant.NUCLEUS,
+    captioner_pb2.DECODING_VARIANT_BEAM_SAMPLE: DecodingVariant.BEAM_SAMPLE,
 }
 _VARIANT_TO_PROTO = {variant: value for value, variant in _VARIANT_FROM_PROTO.items()}
 # The proto's optional fields, named as in DecodingOverrides.
@@ -79,23 +77,6 @@ def model_identity_to_proto(model: ModelInfo) -> common_pb2.ModelIdentity:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class _ProtoImages:
-    """A request's `cir.common.v1.Image` messages as the core's `RequestImages`: the shared intake reads them
-    (bytes, or a file under the allowed roots) and decodes them when the core asks, inside its budget."""
-
-    images: Sequence[common_pb2.Image]
-    settings: CaptionerSettings
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def decoded(
-        self, budget: DecodeBudget, timer: StageTimer
-    ) -> AbstractAsyncContextManager[list[DecodedImage]]:
-        return decoded_request_images(self.images, self.settings, budget, timer=timer)
-
-
 class CaptionerServicer(captioner_pb2_grpc.CaptionerServiceServicer):
     def __init__(self, settings: CaptionerSettings, cache: Cache | None = None) -> None:
         self.core = Captioner(settings, cache)
@@ -110,7 +91,7 @@ class CaptionerServicer(captioner_pb2_grpc.CaptionerServiceServicer):
         self, request: captioner_pb2.GenerateCaptionsRequest, context: object
     ) -> captioner_pb2.GenerateCaptionsResponse:
         result = await self.core.generate_captions(
-            _ProtoImages(request.images, self.core.settings),
+            [image_reader(image, self.core.settings) for image in request.images],
             request.num_captions,
             overrides_from_proto(request.decoding),
             bypass_cache=request.bypass_cache,

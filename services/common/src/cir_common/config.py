@@ -4,11 +4,15 @@ Precedence, lowest first: the dataclass defaults, the service's section of a TOM
 (`CIR_PROFILE` or `<PREFIX>PROFILE`), then environment variables `<PREFIX><FIELD>` (e.g.
 `CIR_ENCODER_PORT=50061`). Unknown keys are errors, so a typo never silently falls back to
 a default.
+
+A field typed with a `StrEnum` takes one of its values; each settings class checks itself when built
+(`validate`), so a service refuses a bad combination at start, whoever built the settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import tomllib
@@ -16,18 +20,27 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from cir_common.errors import ConfigError
+from cir_common.vocabulary import PROFILE_ENV
 
 MIB = 1024 * 1024
 
-PROFILE_ENV = "CIR_PROFILE"
+
+def choice(default: enum.Enum, allowed: tuple[enum.Enum, ...], why: str = "") -> Any:
+    """A settings field that takes only `allowed` of its enum's members (a shared enum some of whose values
+    this service cannot run); `why` is added to the refusal."""
+    return dataclasses.field(default=default, metadata={"allowed": allowed, "why": why})
 
 
 @dataclasses.dataclass
 class ServiceSettings:
     """Settings every service has. Services subclass this and add their own fields."""
+
+    # The service's environment prefix (CIR_ENCODER_): messages name a setting by its variable, the name an
+    # operator sets. Empty = by its field name.
+    env_prefix: ClassVar[str] = ""
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -75,6 +88,53 @@ class ServiceSettings:
     # While open, one background PING this often; the breaker closes (on fresh connections) when it answers.
     cache_probe_interval_s: float = 2.0
 
+    def __post_init__(self) -> None:
+        # Enum fields built from plain strings (tests, profiles read by hand) get their enum, or a ConfigError
+        # that lists the choices; fields narrowed by `choice` are checked; then the class's own checks run.
+        hints = _fields(type(self))
+        for field in dataclasses.fields(self):
+            hint, value = hints[field.name], getattr(self, field.name)
+            if _is_enum(hint) and not isinstance(value, hint):
+                value = _coerce(field.name, value, hint, label=self.variable(field.name))
+                setattr(self, field.name, value)
+            allowed = field.metadata.get("allowed")
+            if allowed is not None and value not in allowed:
+                why = field.metadata.get("why", "")
+                raise ConfigError(
+                    f"{self.variable(field.name)}={str(value)!r}: choose {_prose(allowed)}"
+                    + (f" ({why})" if why else "")
+                )
+        self.validate()
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """How messages name the setting `name`: its environment variable when the class has a prefix."""
+        return f"{cls.env_prefix}{name.upper()}" if cls.env_prefix else name
+
+    def require_at_least(self, minimum: float, *names: str) -> None:
+        """ConfigError naming the first of `names` whose value is below `minimum` (NaN included)."""
+        for name in names:
+            value = getattr(self, name)
+            if not value >= minimum:
+                raise ConfigError(f"{self.variable(name)} must be at least {minimum}, got {value}")
+
+    def require_positive(self, *names: str) -> None:
+        """ConfigError naming the first of `names` whose value is not above zero (NaN included)."""
+        for name in names:
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"{self.variable(name)}={value} must be positive")
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the setting and what to change. Subclasses extend it (and call super)."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(
+                f"{self.variable('port')}={self.port} is not a TCP port (0..65535; 0 = any free port)"
+            )
+        self.require_positive(
+            "max_message_bytes", "max_image_bytes", "max_image_pixels", "max_decoded_image_bytes"
+        )
+
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
@@ -100,7 +160,10 @@ def load_settings(
         raise ConfigError(
             f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
         )
-    kwargs = {name: _coerce(name, raw, fields[name]) for name, raw in values.items()}
+    kwargs = {
+        name: _coerce(name, raw, fields[name], label=f"{env_prefix}{name.upper()}")
+        for name, raw in values.items()
+    }
     return cls(**kwargs)
 
 
@@ -110,7 +173,10 @@ def settings_reference(cls: type[ServiceSettings], env_prefix: str) -> list[tupl
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        rows.append((f"{env_prefix}{field.name.upper()}", _type_name(hints[field.name]), repr(default)))
+        shown = repr(default.value) if isinstance(default, enum.Enum) else repr(default)
+        allowed = field.metadata.get("allowed")
+        kind = _type_name(hints[field.name]) if allowed is None else _members_name(allowed)
+        rows.append((f"{env_prefix}{field.name.upper()}", kind, shown))
     return rows
 
 
@@ -140,15 +206,18 @@ def _read_environment(cls: type[ServiceSettings], prefix: str, env: Mapping[str,
     return found
 
 
-def _coerce(name: str, raw: Any, hint: Any) -> Any:
+def _coerce(name: str, raw: Any, hint: Any, label: str = "") -> Any:
+    """`raw` as `hint`. A bad choice is named by `label` (its environment variable), others by `name`."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         if raw is None or (isinstance(raw, str) and raw == ""):
             return None
-        return _coerce(name, raw, inner[0])
+        return _coerce(name, raw, inner[0], label)
     try:
+        if _is_enum(hint):
+            return _to_enum(raw, hint)
         if hint is bool:
             return _to_bool(raw)
         if hint in (int, float):
@@ -161,13 +230,39 @@ def _coerce(name: str, raw: Any, hint: Any) -> Any:
             return raw
         if origin is list:
             items = raw if isinstance(raw, list) else [s.strip() for s in str(raw).split(",") if s.strip()]
-            return [_coerce(name, item, args[0]) for item in items]
+            return [_coerce(name, item, args[0], label) for item in items]
         if origin is dict:
             mapping = raw if isinstance(raw, dict) else _parse_mapping(str(raw))
-            return {str(k): _coerce(name, v, args[1]) for k, v in mapping.items()}
+            return {str(k): _coerce(name, v, args[1], label) for k, v in mapping.items()}
     except (TypeError, ValueError) as exc:
+        if _is_enum(hint):
+            raise ConfigError(f"{label or name}={raw!r}: choose {_prose(tuple(hint))}") from None
         raise ConfigError(f"setting {name}={raw!r} is not a valid {_type_name(hint)}: {exc}") from None
     raise ConfigError(f"setting {name} has an unsupported type {hint!r}")
+
+
+def _is_enum(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, enum.Enum)
+
+
+def _to_enum(raw: Any, hint: type[enum.Enum]) -> enum.Enum:
+    if isinstance(raw, hint):
+        return raw
+    try:
+        return hint(raw.strip().lower() if isinstance(raw, str) else raw)
+    except ValueError:
+        raise ValueError("not one of the choices") from None
+
+
+def _members_name(members: tuple[enum.Enum, ...]) -> str:
+    """A choice's type as the reference shows it: 'a / b / c' (a Markdown table cell cannot hold '|')."""
+    return " / ".join(str(member.value) for member in members)
+
+
+def _prose(members: tuple[enum.Enum, ...]) -> str:
+    """The values in prose: 'a or b', 'a, b or c' ('' where the empty string is one)."""
+    values = [repr(str(member.value)) if member.value == "" else str(member.value) for member in members]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
 
 
 def _to_bool(raw: Any) -> bool:
@@ -202,6 +297,8 @@ def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    if _is_enum(hint):
+        return _members_name(tuple(hint))
     if origin is not None:
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(hint))}]"
     return getattr(hint, "__name__", str(hint))

@@ -43,10 +43,6 @@ def image_limits(settings: ServiceSettings) -> ImageLimits:
 
 def decode_budget(settings: ServiceSettings, env_prefix: str) -> DecodeBudget:
     """The process's budget of decoded image bytes, from its settings (errors name `env_prefix` variables)."""
-    if settings.max_decoded_image_bytes < 1:
-        raise ConfigError(
-            f"{env_prefix}MAX_DECODED_IMAGE_BYTES={settings.max_decoded_image_bytes}: must be at least 1"
-        )
     return DecodeBudget(
         settings.max_decoded_image_bytes,
         max_wait_s=settings.max_decoded_image_wait_s,
@@ -55,64 +51,63 @@ def decode_budget(settings: ServiceSettings, env_prefix: str) -> DecodeBudget:
     )
 
 
-async def decode_request_images(
-    images: Sequence[common_pb2.Image], settings: ServiceSettings, field: str = "images"
-) -> list[DecodedImage]:
-    """Reads and decodes every image of a request off the event loop; the first bad one fails the call."""
-    limits = image_limits(settings)
+ImageReader = Callable[[str], bytes]
+"""Given the label to name in errors, one image's encoded bytes; may do blocking file I/O."""
+
+
+def image_reader(image: common_pb2.Image, settings: ServiceSettings) -> ImageReader:
+    """A `cir.common.v1.Image` as an ImageReader: its bytes, or the file its URI names (under the settings'
+    image_uri_roots, at most max_image_bytes)."""
     roots = [Path(root) for root in settings.image_uri_roots]
-
-    def decode_all() -> list[DecodedImage]:
-        decoded = []
-        for index, image in enumerate(images):
-            label = f"{field}[{index}]"
-            data = resolve_image_source(image, roots, max_bytes=limits.max_bytes, label=label)
-            decoded.append(decode_image(data, limits, label=label))
-        return decoded
-
-    return await asyncio.to_thread(decode_all)
+    return lambda label: resolve_image_source(image, roots, max_bytes=settings.max_image_bytes, label=label)
 
 
-@asynccontextmanager
-async def decoded_request_images(
-    images: Sequence[common_pb2.Image],
-    settings: ServiceSettings,
-    budget: DecodeBudget,
-    field: str = "images",
-    timer: StageTimer | None = None,
-) -> AsyncIterator[list[DecodedImage]]:
-    """Like `decode_request_images`, within the process's `budget` of decoded bytes.
+class ImageIntake:
+    """How a service takes in a request's images: its image limits, and the process's budget of decoded bytes.
 
-    Reads the files and probes every header off the event loop, reserves the request's estimated decoded
-    size (waiting for room, see DecodeBudget), decodes off the loop, and holds the reservation until the
-    block ends: run the model on the images inside the block, and let them go with it. With `timer`, the
-    stage "decode" is recorded (reading, probing, any wait for room, and decoding).
+    Knows no protos: images come as ImageReaders (`image_reader` makes them from `cir.common.v1.Image`).
     """
-    limits = image_limits(settings)
-    roots = [Path(root) for root in settings.image_uri_roots]
-    labels = [f"{field}[{index}]" for index in range(len(images))]
 
-    def read_and_probe() -> tuple[list[bytes], int]:
-        sources = []
-        total = 0
-        for image, label in zip(images, labels, strict=True):
-            data = resolve_image_source(image, roots, max_bytes=limits.max_bytes, label=label)
-            total += probe_image(data, limits, label=label).decoded_bytes
-            sources.append(data)
-        return sources, total
+    def __init__(self, settings: ServiceSettings, env_prefix: str) -> None:
+        self.limits = image_limits(settings)
+        self.budget = decode_budget(settings, env_prefix)
 
-    def decode_all(sources: list[bytes]) -> list[DecodedImage]:
-        return [decode_image(data, limits, label=label) for data, label in zip(sources, labels, strict=True)]
+    @asynccontextmanager
+    async def decoded(
+        self, images: Sequence[ImageReader], field: str = "images", timer: StageTimer | None = None
+    ) -> AsyncIterator[list[DecodedImage]]:
+        """A request's images read, probed and decoded off the event loop within the decode budget.
 
-    started = time.perf_counter()
-    sources, total = await asyncio.to_thread(read_and_probe)
-    what = labels[0] if len(labels) == 1 else f"the {len(labels)} images of {field}"
-    async with budget.reserve(total, label=what):
-        # A caller that gives up mid-decode keeps the reservation until the thread is done with the pixels.
-        decoded = await to_thread_to_completion(decode_all, sources)
-        if timer is not None:
-            timer.record("decode", (time.perf_counter() - started) * 1000.0)
-        yield decoded
+        Each image is read and its header probed before the next is read, so the first bad image is the one
+        reported (`field[index]` names it). The request's estimated decoded size is then reserved at once
+        (waiting for room, see DecodeBudget), the images decoded, and the reservation held until the block
+        ends: run the model on the images inside the block, and let them go with it. With `timer`, the stage
+        "decode" is recorded (reading, probing, any wait for room, and decoding).
+        """
+        limits = self.limits
+        labels = [f"{field}[{index}]" for index in range(len(images))]
+
+        def read_and_probe() -> tuple[list[bytes], int]:
+            sources: list[bytes] = []
+            total = 0
+            for read, label in zip(images, labels, strict=True):
+                sources.append(read(label))
+                total += probe_image(sources[-1], limits, label=label).decoded_bytes
+            return sources, total
+
+        def decode_all(sources: list[bytes]) -> list[DecodedImage]:
+            pairs = zip(sources, labels, strict=True)
+            return [decode_image(data, limits, label=label) for data, label in pairs]
+
+        started = time.perf_counter()
+        sources, total = await asyncio.to_thread(read_and_probe)
+        what = labels[0] if len(labels) == 1 else f"the {len(labels)} images of {field}"
+        async with self.budget.reserve(total, label=what):
+            # A caller that gives up mid-decode keeps the reservation until the thread is done with them.
+            decoded = await to_thread_to_completion(decode_all, sources)
+            if timer is not None:
+                timer.record("decode", (time.perf_counter() - started) * 1000.0)
+            yield decoded
 
 
 def pending_items_limit(settings: ServiceSettings, batch_size: int, max_items_per_request: int) -> int:

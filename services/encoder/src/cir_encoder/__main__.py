@@ -7,10 +7,11 @@ import sys
 from cir.encoder.v1 import encoder_pb2_grpc
 from cir_common.server import ServiceHost
 from cir_common.service_kit import run_service
+from cir_common.vocabulary import ENCODER
 from cir_encoder.service import EncoderServicer
 from cir_encoder.settings import EncoderSettings, load_encoder_settings
 
-SERVICE_NAME = "cir.encoder.v1.EncoderService"
+SERVICE_NAME = ENCODER.grpc_name
 
 
 def _build(settings: EncoderSettings, host: ServiceHost) -> EncoderServicer:
@@ -21,7 +22,10 @@ def _build(settings: EncoderSettings, host: ServiceHost) -> EncoderServicer:
 
 def main() -> int:
     return run_service(
-        display_name="encoder", service_name=SERVICE_NAME, settings_loader=load_encoder_settings, build=_build
+        display_name=ENCODER.service.value,
+        service_name=SERVICE_NAME,
+        settings_loader=load_encoder_settings,
+        build=_build,
     )
 
 

@@ -24,9 +24,10 @@ import torch
 from cir_common.checksums import sha256_file
 from cir_common.errors import ConfigError
 from cir_common.torch_placement import resolve_device
+from cir_common.vocabulary import Precision
 
 LOCAL_DIR_PREFIX = "local-dir:"
-_PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
+_PRECISIONS = tuple(p.value for p in Precision if p is not Precision.AUTO)
 _LOCAL_DIR_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -134,11 +135,11 @@ def load_clip(
 
 
 def _resolve_precision(precision: str, device: str) -> str:
-    if precision == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
+    if precision == Precision.AUTO:
+        return Precision.FP16.value if device.startswith("cuda") else Precision.FP32.value
     if precision not in _PRECISIONS:
         raise ConfigError(f"unknown clip precision {precision!r}; use auto, {', '.join(_PRECISIONS)}")
-    return precision
+    return str(precision)
 
 
 def _register_config_dir(config_dir: Path) -> None:

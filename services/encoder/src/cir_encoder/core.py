@@ -10,34 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from cir_common.admission import to_thread_to_completion
 from cir_common.batching import BatchStats, MicroBatcher
 from cir_common.cache import Cache, cache_from_settings, cache_key
-from cir_common.errors import ConfigError, InvalidArgument, Unavailable
-from cir_common.images import (
-    DecodeBudget,
-    DecodeBudgetStats,
-    DecodedImage,
-    content_hash,
-    decode_image,
-    probe_image,
-)
+from cir_common.errors import InvalidArgument, Unavailable
+from cir_common.images import DecodeBudget, DecodeBudgetStats, content_hash
 from cir_common.memo import get_or_compute
-from cir_common.service_kit import StageTimer, decode_budget, image_limits, pending_items_limit, require_items
+from cir_common.service_kit import ImageIntake, ImageReader, StageTimer, pending_items_limit, require_items
 from cir_common.vectors import pack_f32, unpack_f32
+from cir_common.vocabulary import Preprocessing
 from cir_encoder.clip_loading import load_clip
 from cir_encoder.engine import PLACEHOLDER, EncoderEngine
 from cir_encoder.phi import LoadedPhi, load_phi
-from cir_encoder.preprocessing import PREPROCESSING_CHOICES, check_aspect_ratio
+from cir_encoder.preprocessing import check_aspect_ratio
 from cir_encoder.settings import ENV_PREFIX, EncoderSettings
 
 log = logging.getLogger(__name__)
@@ -49,8 +40,6 @@ MAX_REFERENCE_NORM = 1e4
 # Inputs arrive as readers, called when the core gets to them, so that its checks run in one order whatever
 # the transport: a request over the item limit is refused before any file is read, and a prompt without a
 # placeholder before its reference is looked at.
-ReadImage = Callable[[str], bytes]
-"""Given the label to name in errors, the image's encoded bytes; may do blocking file I/O."""
 ReadEmbedding = Callable[[int, str], np.ndarray]
 """Given the dimension this model needs and the label to name in errors, a float32 vector."""
 
@@ -72,7 +61,7 @@ class ModelIdentity:
 class ImageEmbeddings:
     vectors: np.ndarray  # (n, embedding_dim) float32, normalised when asked
     model: ModelIdentity
-    preprocessing: str  # one of PREPROCESSING_CHOICES: the one applied
+    preprocessing: Preprocessing  # the one applied
     normalized: bool
     cache_hits: list[bool]
     timer: StageTimer
@@ -93,7 +82,7 @@ class TextEmbeddings:
 class ComposedPrompt:
     text: str  # must hold PLACEHOLDER
     # Exactly one of the two: the reference image, or its raw CLIP embedding.
-    reference_image: ReadImage | None = None
+    reference_image: ImageReader | None = None
     reference_embedding: ReadEmbedding | None = None
 
 
@@ -125,7 +114,7 @@ class ModelInfo:
     text_width: int
     context_length: int
     placeholder_token_id: int
-    default_preprocessing: str
+    default_preprocessing: Preprocessing
     target_pad_ratio: float
     image_size: int
     mapping_networks: list[MappingNetworkInfo]
@@ -181,16 +170,13 @@ def _phi_identity(name: str, phi: LoadedPhi, details: dict[str, str]) -> ModelId
 
 class Encoder:
     def __init__(self, settings: EncoderSettings, cache: Cache | None = None) -> None:
-        if settings.preprocessing not in PREPROCESSING_CHOICES:
-            raise ConfigError(
-                f"{ENV_PREFIX}PREPROCESSING={settings.preprocessing!r}; "
-                f"choose {', '.join(PREPROCESSING_CHOICES)}"
-            )
+        # The settings checked themselves when built (EncoderSettings.validate).
         self.settings = settings
         self.cache = cache or cache_from_settings(settings)
-        self.decode_budget: DecodeBudget = decode_budget(settings, ENV_PREFIX)
+        self.intake = ImageIntake(settings, ENV_PREFIX)
+        self.decode_budget: DecodeBudget = self.intake.budget
         self._engine: EncoderEngine | None = None
-        self._image_batcher: MicroBatcher[str, Image.Image, np.ndarray] | None = None
+        self._image_batcher: MicroBatcher[Preprocessing, Image.Image, np.ndarray] | None = None
         self._text_batcher: MicroBatcher[str, str, np.ndarray] | None = None
         self._composed_batcher: (
             MicroBatcher[str, tuple[str, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
@@ -207,7 +193,7 @@ class Encoder:
         window_s = self.settings.batch_window_ms / 1000.0
         size = self.settings.batch_max_size
 
-        def run_images(kind: str, images: list[Image.Image]) -> list[np.ndarray]:
+        def run_images(kind: Preprocessing, images: list[Image.Image]) -> list[np.ndarray]:
             return list(engine.embed_images(kind, images))
 
         def run_texts(_: str, texts: list[str]) -> list[np.ndarray]:
@@ -273,13 +259,14 @@ class Encoder:
             details={"device": clip.device, "precision": clip.precision},
         )
 
-    def _preprocessing(self, value: str | None) -> str:
+    def _preprocessing(self, value: str | None) -> Preprocessing:
         """The preprocessing to apply: `value`, or the server's default when None."""
         if value is None:
             return self.settings.preprocessing
-        if value not in PREPROCESSING_CHOICES:
-            raise InvalidArgument(f"unknown preprocessing value {value}")
-        return value
+        try:
+            return Preprocessing(value)
+        except ValueError:
+            raise InvalidArgument(f"unknown preprocessing value {value}") from None
 
     def _require_items(self, items: Sequence[Any], field: str) -> None:
         require_items(items, field, self.settings.max_items_per_request, f"{ENV_PREFIX}MAX_ITEMS_PER_REQUEST")
@@ -294,46 +281,11 @@ class Encoder:
                     f"({ENV_PREFIX}MAX_TEXT_CHARS)"
                 )
 
-    @asynccontextmanager
-    async def _decoded(
-        self, images: Sequence[ReadImage], field: str, timer: StageTimer
-    ) -> AsyncIterator[list[DecodedImage]]:
-        """Every image read, probed and decoded off the event loop within the process's decode budget.
-
-        The request's estimated decoded size is reserved at once (waiting for room, see DecodeBudget) and
-        held until the block ends: run the model on the images inside the block. The stage "decode" covers
-        reading, probing, any wait for room, and decoding.
-        """
-        limits = image_limits(self.settings)
-        labels = [f"{field}[{index}]" for index in range(len(images))]
-
-        def decode_all(sources: list[bytes]) -> list[DecodedImage]:
-            pairs = zip(sources, labels, strict=True)
-            return [decode_image(data, limits, label=label) for data, label in pairs]
-
-        def read_and_probe() -> tuple[list[bytes], int]:
-            # Each image read then probed before the next is read: the first bad image is the one reported.
-            sources: list[bytes] = []
-            total = 0
-            for read, label in zip(images, labels, strict=True):
-                sources.append(read(label))
-                total += probe_image(sources[-1], limits, label=label).decoded_bytes
-            return sources, total
-
-        started = time.perf_counter()
-        sources, total = await asyncio.to_thread(read_and_probe)
-        what = labels[0] if len(labels) == 1 else f"the {len(labels)} images of {field}"
-        async with self.decode_budget.reserve(total, label=what):
-            # A caller that gives up mid-decode keeps the reservation until the thread is done with them.
-            decoded = await to_thread_to_completion(decode_all, sources)
-            timer.record("decode", (time.perf_counter() - started) * 1000.0)
-            yield decoded
-
     async def _raw_image_embeddings(
-        self, images: Sequence[ReadImage], kind: str, bypass: bool, timer: StageTimer, field: str
+        self, images: Sequence[ImageReader], kind: Preprocessing, bypass: bool, timer: StageTimer, field: str
     ) -> tuple[np.ndarray, list[bool]]:
         # The decoded pixels count against the process's budget until the model has run on them.
-        async with self._decoded(images, field, timer) as decoded:
+        async with self.intake.decoded(images, field, timer) as decoded:
             # Checked per request before batching: one caller's image never fails a batch shared with others.
             for index, image in enumerate(decoded):
                 check_aspect_ratio(
@@ -356,7 +308,7 @@ class Encoder:
         return matrix, memo.hits
 
     async def embed_images(
-        self, images: Sequence[ReadImage], preprocessing: str | None, *, normalize: bool, bypass_cache: bool
+        self, images: Sequence[ImageReader], preprocessing: str | None, *, normalize: bool, bypass_cache: bool
     ) -> ImageEmbeddings:
         """CLIP image embeddings; `preprocessing` None is the server's default."""
         self._require_items(images, "images")
@@ -473,7 +425,7 @@ class Encoder:
         )
 
     async def _reference_embeddings(
-        self, prompts: Sequence[ComposedPrompt], kind: str, timer: StageTimer
+        self, prompts: Sequence[ComposedPrompt], kind: Preprocessing, timer: StageTimer
     ) -> np.ndarray:
         dim = self.engine.clip.embed_dim
         rows: list[np.ndarray | None] = [None] * len(prompts)

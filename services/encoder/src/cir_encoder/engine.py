@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from cir_common.errors import ConfigError, InvalidArgument
+from cir_common.vocabulary import Preprocessing
 from cir_encoder.clip_loading import LoadedClip
 from cir_encoder.phi import LoadedPhi
 from cir_encoder.preprocessing import (
     DEFAULT_MAX_ASPECT_RATIO,
     DEFAULT_MAX_CANVAS_PIXELS,
-    PREPROCESSING_CHOICES,
     build_image_transform,
 )
 from cir_encoder.pseudo_tokens import encode_with_pseudo_tokens, text_tower
@@ -46,11 +46,6 @@ class EncoderEngine:
         max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
         max_canvas_pixels: int = DEFAULT_MAX_CANVAS_PIXELS,
     ) -> None:
-        if mapping_networks and default_mapping_network not in mapping_networks:
-            raise ConfigError(
-                f"default_mapping_network {default_mapping_network!r} is not among the configured mapping "
-                f"networks ({', '.join(sorted(mapping_networks))})"
-            )
         self.clip = clip
         self.mapping_networks = mapping_networks
         self.default_mapping_network = default_mapping_network
@@ -58,7 +53,7 @@ class EncoderEngine:
         # Precision is part of the identity: fp16 and fp32 replicas sharing a cache must not mix vectors.
         self.identity = f"{clip.model_name}@{clip.checkpoint_sha256}/{clip.precision}"
         self._tower = text_tower(clip.model)
-        self._transforms: dict[str, Callable[[Image.Image], Any]] = {
+        self._transforms: dict[Preprocessing, Callable[[Image.Image], Any]] = {
             kind: build_image_transform(
                 kind,
                 clip.preprocess,
@@ -66,7 +61,7 @@ class EncoderEngine:
                 max_aspect_ratio=max_aspect_ratio,
                 max_canvas_pixels=max_canvas_pixels,
             )
-            for kind in PREPROCESSING_CHOICES
+            for kind in Preprocessing
         }
         self.placeholder_token_id = self._single_token_id(PLACEHOLDER)
         self._image_dtype = _image_input_dtype(clip.model)
@@ -93,7 +88,7 @@ class EncoderEngine:
         return chosen, phi
 
     @torch.inference_mode()
-    def embed_images(self, kind: str, images: Sequence[Image.Image]) -> np.ndarray:
+    def embed_images(self, kind: Preprocessing, images: Sequence[Image.Image]) -> np.ndarray:
         transform = self._transforms[kind]
         # fp16 / bf16 models take their pixels in the patch embedding's dtype (open_clip does not cast).
         batch = torch.stack([transform(image) for image in images]).to(self.device, self._image_dtype)

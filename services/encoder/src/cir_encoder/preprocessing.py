@@ -8,10 +8,7 @@ from typing import Any
 from PIL import Image
 
 from cir_common.errors import InvalidArgument
-
-TARGETPAD = "targetpad"
-MODEL_DEFAULT = "model_default"
-PREPROCESSING_CHOICES = (TARGETPAD, MODEL_DEFAULT)
+from cir_common.vocabulary import Preprocessing
 
 # Defaults of the encoder settings max_aspect_ratio and max_image_pixels. Past 20:1 the picture is a sliver
 # of the model's input either way (bars around a thin strip, or a center crop of a small part of it), and
@@ -71,7 +68,7 @@ def pad_to_target_ratio(
 
 
 def build_image_transform(
-    kind: str,
+    kind: Preprocessing,
     model_transform: Callable[[Image.Image], Any],
     target_ratio: float,
     *,
@@ -83,18 +80,18 @@ def build_image_transform(
     Images beyond `max_aspect_ratio` : 1 are refused (INVALID_ARGUMENT) with either kind: the model's
     resize of the shorter side would otherwise make a canvas of ratio x size^2 pixels.
     """
-    if kind == MODEL_DEFAULT:
+    if kind == Preprocessing.MODEL_DEFAULT:
 
         def model_default(image: Image.Image) -> Any:
             check_aspect_ratio(image.size, max_aspect_ratio)
             return model_transform(image)
 
         return model_default
-    if kind == TARGETPAD:
+    if kind == Preprocessing.TARGETPAD:
 
         def targetpad(image: Image.Image) -> Any:
             check_aspect_ratio(image.size, max_aspect_ratio)
             return model_transform(pad_to_target_ratio(image, target_ratio, max_canvas_pixels))
 
         return targetpad
-    raise ValueError(f"unknown preprocessing {kind!r}; choose one of {', '.join(PREPROCESSING_CHOICES)}")
+    raise ValueError(f"unknown preprocessing {kind!r}; choose one of {', '.join(Preprocessing)}")

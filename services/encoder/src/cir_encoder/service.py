@@ -5,23 +5,20 @@ Errors raised by the core are `cir_common.errors` types; the server's intercepto
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir_common.cache import Cache
-from cir_common.images import resolve_image_source
-from cir_common.service_kit import image_limits
+from cir_common.service_kit import image_reader
 from cir_common.vectors import vector_from_proto, vector_to_proto
-from cir_encoder.core import ComposedPrompt, Encoder, ModelIdentity, ReadEmbedding, ReadImage
-from cir_encoder.preprocessing import MODEL_DEFAULT, TARGETPAD
+from cir_common.vocabulary import Preprocessing
+from cir_encoder.core import ComposedPrompt, Encoder, ModelIdentity, ReadEmbedding
 from cir_encoder.settings import EncoderSettings
 
 _PREPROCESSING_FROM_PROTO = {
-    encoder_pb2.PREPROCESSING_TARGETPAD: TARGETPAD,
-    encoder_pb2.PREPROCESSING_MODEL_DEFAULT: MODEL_DEFAULT,
+    encoder_pb2.PREPROCESSING_TARGETPAD: Preprocessing.TARGETPAD,
+    encoder_pb2.PREPROCESSING_MODEL_DEFAULT: Preprocessing.MODEL_DEFAULT,
 }
 _PREPROCESSING_TO_PROTO = {name: value for value, name in _PREPROCESSING_FROM_PROTO.items()}
 
@@ -50,21 +47,12 @@ def _embedding_reader(vector: common_pb2.Vector) -> ReadEmbedding:
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     def __init__(self, settings: EncoderSettings, cache: Cache | None = None) -> None:
         self.core = Encoder(settings, cache)
-        limits = image_limits(settings)
-        self._max_image_bytes = limits.max_bytes
-        self._image_uri_roots = [Path(root) for root in settings.image_uri_roots]
 
     async def load(self) -> None:
         await self.core.load()
 
     async def close(self) -> None:
         await self.core.close()
-
-    def _image_reader(self, image: common_pb2.Image) -> ReadImage:
-        # `Image` is bytes or a file URI; the core calls this off the event loop, as reading may block.
-        return lambda label: resolve_image_source(
-            image, self._image_uri_roots, max_bytes=self._max_image_bytes, label=label
-        )
 
     def _prompt(self, prompt: encoder_pb2.ComposedPrompt) -> ComposedPrompt:
         reference = prompt.WhichOneof("reference")
@@ -73,14 +61,15 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 prompt.text, reference_embedding=_embedding_reader(prompt.reference_embedding)
             )
         if reference == "reference_image":
-            return ComposedPrompt(prompt.text, reference_image=self._image_reader(prompt.reference_image))
+            reader = image_reader(prompt.reference_image, self.core.settings)
+            return ComposedPrompt(prompt.text, reference_image=reader)
         return ComposedPrompt(prompt.text)
 
     async def EmbedImages(
         self, request: encoder_pb2.EmbedImagesRequest, context: object
     ) -> encoder_pb2.EmbedImagesResponse:
         result = await self.core.embed_images(
-            [self._image_reader(image) for image in request.images],
+            [image_reader(image, self.core.settings) for image in request.images],
             _preprocessing_from_proto(request.preprocessing),
             normalize=request.normalize,
             bypass_cache=request.bypass_cache,

@@ -1,4 +1,9 @@
-"""The `cir eval` subcommand's arguments and handler (registered lazily by cir_tools.cli)."""
+"""`cir eval` and `cir synthetic-dataset`: their arguments and what they run.
+
+The `cir` registry (cir_tools.cli) imports this module only when one of the two runs, through
+`cir_tools.commands.eval` and `cir_tools.commands.synthetic_dataset`, which dispatch to `run` and
+`write_synthetic`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from cir.retriever.v1 import retriever_pb2
 from cir_evaluation.datasets import DatasetError
 from cir_evaluation.evaluate import EvalConfig, evaluate
 from cir_evaluation.model import DatasetName, Split
-from cir_evaluation.runner import EvalRunError, print_echo
+from cir_evaluation.runner import EvalRunError, SuiteStarter, print_echo
 from cir_retriever.presets import Preset
 from cir_retriever.strategies import StrategyName
 
@@ -59,7 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-max-queries", type=int, default=200, help="queries shown in report.html (0: all)"
     )
-    parser.set_defaults(handler=run)
 
 
 def _options(args: argparse.Namespace) -> retriever_pb2.StrategyOptions:
@@ -99,10 +103,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, start_suite: SuiteStarter | None = None) -> int:
+    """Run `cir eval`; without --address, `start_suite` (the `cir` command passes a local suite) serves it."""
     config = config_from_args(args)
     try:
-        summary = evaluate(config, print_echo)
+        summary = evaluate(config, print_echo, start_suite)
     except (DatasetError, EvalRunError, ValueError) as error:
         print(f"cir eval: {error}", file=sys.stderr, flush=True)
         return 2 if isinstance(error, DatasetError | ValueError) else 1
@@ -119,7 +124,6 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset root to write (pass it to cir eval --root)")
     parser.add_argument("--gallery-size", type=int, default=12)
     parser.add_argument("--queries", type=int, default=4)
-    parser.set_defaults(handler=write_synthetic)
 
 
 def write_synthetic(args: argparse.Namespace) -> int:

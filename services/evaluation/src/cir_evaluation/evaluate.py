@@ -33,6 +33,7 @@ from cir_evaluation.rescoring import Gallery, Ranked, ldre_weights, rank_queries
 from cir_evaluation.runner import (
     Echo,
     SearchTemplate,
+    SuiteStarter,
     collection_name,
     export_gallery,
     ingest_gallery,
@@ -107,8 +108,12 @@ def _queries(split: EvalSplit, limit: int | None) -> tuple[Query, ...]:
     return split.queries if limit is None else split.queries[:limit]
 
 
-def collect(config: EvalConfig, split: EvalSplit, echo: Echo) -> None:
-    """Ingest the galleries, export their features and run the queries through the suite (resumable)."""
+def collect(
+    config: EvalConfig, split: EvalSplit, echo: Echo, start_suite: SuiteStarter | None = None
+) -> None:
+    """Ingest the galleries, export their features and run the queries through the suite (resumable).
+
+    Without `config.address`, `start_suite` runs a local suite for the duration."""
     queries = _queries(split, config.max_queries)
     template = SearchTemplate(
         strategy=STRATEGY_TO_PROTO[config.strategy],
@@ -119,7 +124,7 @@ def collect(config: EvalConfig, split: EvalSplit, echo: Echo) -> None:
         timeout_s=config.timeout_s,
     )
     cache = QueryCache(config.out, input_signature(config.strategy, config.resolved_options()))
-    with retriever_stub(config.address, config.profile, config.out, echo) as stub:
+    with retriever_stub(config.address, config.profile, config.out, echo, start_suite) as stub:
         collections = {}
         for key, items in split.galleries.items():
             name = collection_name(config.collection_prefix, split, key)
@@ -359,9 +364,9 @@ def _heatmap(
     )
 
 
-def evaluate(config: EvalConfig, echo: Echo) -> dict[str, object]:
+def evaluate(config: EvalConfig, echo: Echo, start_suite: SuiteStarter | None = None) -> dict[str, object]:
     split = load_split(config.dataset, config.root, config.split)
     config.out.mkdir(parents=True, exist_ok=True)
     if not config.rescore_only:
-        collect(config, split, echo)
+        collect(config, split, echo, start_suite)
     return score(config, split, echo)

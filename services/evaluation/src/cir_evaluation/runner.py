@@ -46,27 +46,24 @@ def collection_name(prefix: str, split: EvalSplit, key: str) -> str:
     return "-".join(p for p in parts if p)
 
 
+# Starts a local suite for a run without --address: (profile or None for the starter's default models, work
+# folder, echo) -> a context manager yielding the retriever's address, stopping the suite on exit. The `cir`
+# command passes one (cir_tools.local_suite); evaluation itself only ever talks to a retriever address.
+SuiteStarter = Callable[[Path | None, Path, Echo], contextlib.AbstractContextManager[str]]
+
+
 @contextlib.contextmanager
 def retriever_stub(
-    address: str | None, profile: Path | None, workdir: Path, echo: Echo
+    address: str | None, profile: Path | None, workdir: Path, echo: Echo, start_suite: SuiteStarter | None
 ) -> Iterator[retriever_pb2_grpc.RetrieverServiceStub]:
-    """A stub to the suite at `address`, or to a local suite started here (and stopped on exit)."""
+    """A stub to the suite at `address`, or to a local suite `start_suite` runs for the duration."""
     if address:
         yield connect(address)
         return
-    from cir_tools.local_suite import LocalSuite
-    from cir_tools.packs.tiny import build_tiny_pack
-
-    if profile is None:
-        echo("no --address and no profile: starting the suite with the tiny model pack (random weights)")
-        profile = build_tiny_pack(workdir / "tiny-pack", echo=None)
-    suite = LocalSuite(profile=profile, workdir=workdir / "suite")
-    echo(f"starting the suite with {profile} (logs in {workdir / 'suite'}) ...")
-    suite.start()
-    try:
-        yield connect(suite.retriever_address)
-    finally:
-        suite.stop()
+    if start_suite is None:
+        raise EvalRunError("no retriever address: give --address HOST:PORT of a running suite")
+    with start_suite(profile, workdir, echo) as local_address:
+        yield connect(local_address)
 
 
 def _requests(collection: str, items: Sequence[GalleryItem]) -> Iterator[retriever_pb2.IngestImagesRequest]:

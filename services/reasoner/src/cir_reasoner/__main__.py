@@ -11,10 +11,11 @@ import sys
 from cir.reasoner.v1 import reasoner_pb2_grpc
 from cir_common.server import ServiceHost
 from cir_common.service_kit import run_service
+from cir_common.vocabulary import REASONER
 from cir_reasoner.service import ReasonerServicer
 from cir_reasoner.settings import ReasonerSettings, load_reasoner_settings
 
-SERVICE_NAME = "cir.reasoner.v1.ReasonerService"
+SERVICE_NAME = REASONER.grpc_name
 
 
 def _build(settings: ReasonerSettings, host: ServiceHost) -> ReasonerServicer:
@@ -25,7 +26,7 @@ def _build(settings: ReasonerSettings, host: ServiceHost) -> ReasonerServicer:
 
 def main() -> int:
     return run_service(
-        display_name="reasoner",
+        display_name=REASONER.service.value,
         service_name=SERVICE_NAME,
         settings_loader=load_reasoner_settings,
         build=_build,

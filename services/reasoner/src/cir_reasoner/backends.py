@@ -6,20 +6,13 @@ import asyncio
 
 from cir_common.errors import ConfigError
 from cir_reasoner.generation import LLMBackend
-from cir_reasoner.settings import ENV_PREFIX, ReasonerSettings
-
-BACKENDS = ("vllm", "openai", "transformers")
-
-
-def check_backend_name(name: str) -> None:
-    if name not in BACKENDS:
-        raise ConfigError(f"{ENV_PREFIX}BACKEND={name!r}; choose {', '.join(BACKENDS)}")
+from cir_reasoner.settings import ENV_PREFIX, Backend, ReasonerSettings
 
 
 async def start_backend(settings: ReasonerSettings) -> LLMBackend:
     """Load the model or connect to the endpoint; heavy start-up runs off the event loop."""
-    check_backend_name(settings.backend)
-    if settings.backend == "vllm":
+    backend = Backend(settings.backend)
+    if backend is Backend.VLLM:
         try:
             from cir_reasoner.vllm_backend import VllmBackend
         except ModuleNotFoundError as error:  # vLLM is an optional dependency of the reasoner
@@ -30,7 +23,7 @@ async def start_backend(settings: ReasonerSettings) -> LLMBackend:
             ) from error
 
         return await asyncio.to_thread(VllmBackend.start, settings)
-    if settings.backend == "transformers":
+    if backend is Backend.TRANSFORMERS:
         from cir_reasoner.transformers_backend import TransformersBackend
 
         return await asyncio.to_thread(TransformersBackend.start, settings)

@@ -14,34 +14,31 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import StrEnum
 
 from cir_common.cache import Cache, cache_from_settings, cache_key, pack_json, unpack_json
 from cir_common.errors import ConfigError, InvalidArgument, NotFound, Unavailable
 from cir_common.images import content_hash
 from cir_common.memo import get_or_compute
 from cir_common.service_kit import StageTimer, require_items
+from cir_common.vocabulary import CaptionSelection, EditMode
 from cir_reasoner import prompts
-from cir_reasoner.backends import check_backend_name, start_backend
+from cir_reasoner.backends import start_backend
 from cir_reasoner.generation import (
-    CHAT,
     DEFAULT_STOP,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
-    PROMPT_FORMATS,
     BackendModel,
     EngineCounters,
     LLMBackend,
     Sampling,
 )
 from cir_reasoner.parsing import Outcome, parse_answer
-from cir_reasoner.settings import ENV_PREFIX, ReasonerSettings
+from cir_reasoner.settings import ENV_PREFIX, PromptFormat, ReasonerSettings
 from cir_reasoner.templates import (
     OBJECTS_ADDED_TEMPLATE,
-    TASK_EDIT,
-    TASK_OBJECTS_ADDED,
     PromptTemplate,
     TemplateRegistry,
+    TemplateTask,
 )
 
 log = logging.getLogger(__name__)
@@ -54,17 +51,7 @@ _DEADLINE_MARGIN_SHARE = 0.1
 _DEADLINE_MARGIN_S = 0.5
 
 
-# --- what the core takes and returns --------------------------------------------------------------------
-
-
-class EditMode(StrEnum):
-    PER_CAPTION = "per_caption"  # one edited caption per caption (the default)
-    JOINED = "joined"  # one edited caption for all captions joined
-
-
-class CaptionSelection(StrEnum):
-    FIRST = "first"
-    ALL_JOINED = "all_joined"  # the default: CVSI's released code
+# --- what the core takes and returns (and the vocabulary's EditMode, CaptionSelection) ------------------
 
 
 @dataclass(frozen=True)
@@ -182,12 +169,11 @@ class Reasoner:
     def __init__(
         self, settings: ReasonerSettings, cache: Cache | None = None, backend: LLMBackend | None = None
     ) -> None:
-        _check_settings(settings)
         self.settings = settings
         self.templates = TemplateRegistry.load(settings.template_paths)
         for name, task, setting in (
-            (settings.default_edit_template, TASK_EDIT, "DEFAULT_EDIT_TEMPLATE"),
-            (OBJECTS_ADDED_TEMPLATE, TASK_OBJECTS_ADDED, "TEMPLATE_PATHS"),
+            (settings.default_edit_template, TemplateTask.EDIT, "DEFAULT_EDIT_TEMPLATE"),
+            (OBJECTS_ADDED_TEMPLATE, TemplateTask.OBJECTS_ADDED, "TEMPLATE_PATHS"),
         ):
             try:
                 self.templates.get(name, task)
@@ -260,7 +246,7 @@ class Reasoner:
         build = prompts.joined if mode is EditMode.JOINED else prompts.per_caption
         default = self.settings.default_edit_template
         reasoning = await self._reason(
-            "reasoner_edit", TASK_EDIT, default, build, query, fallback=query.inputs.instruction
+            "reasoner_edit", TemplateTask.EDIT, default, build, query, fallback=query.inputs.instruction
         )
         return EditedCaptions(reasoning, mode)
 
@@ -270,7 +256,7 @@ class Reasoner:
         selection = selection or CaptionSelection.ALL_JOINED
         build = prompts.first_caption if selection is CaptionSelection.FIRST else prompts.joined
         reasoning = await self._reason(
-            "reasoner_objects", TASK_OBJECTS_ADDED, OBJECTS_ADDED_TEMPLATE, build, query, fallback=""
+            "reasoner_objects", TemplateTask.OBJECTS_ADDED, OBJECTS_ADDED_TEMPLATE, build, query, fallback=""
         )
         return AddedObjects(reasoning, selection)
 
@@ -289,7 +275,7 @@ class Reasoner:
                 stop=DEFAULT_STOP,
                 top_p=DEFAULT_TOP_P,
             ),
-            chat_template=backend.prompt_format == CHAT,
+            chat_template=backend.prompt_format == PromptFormat.CHAT,
             max_captions_per_request=settings.max_captions_per_request,
             max_prompt_tokens=settings.max_prompt_tokens,
             max_output_tokens=settings.max_output_tokens,
@@ -302,7 +288,7 @@ class Reasoner:
     async def _reason(
         self,
         kind: str,
-        task: str,
+        task: TemplateTask,
         default_template: str,
         build: prompts.Build,
         query: Query,
@@ -460,17 +446,6 @@ def generation_deadline(time_remaining_s: float | None) -> float | None:
         return None
     margin = min(_DEADLINE_MARGIN_S, time_remaining_s * _DEADLINE_MARGIN_SHARE)
     return time.monotonic() + time_remaining_s - margin
-
-
-def _check_settings(settings: ReasonerSettings) -> None:
-    check_backend_name(settings.backend)
-    if settings.prompt_format not in PROMPT_FORMATS:
-        raise ConfigError(
-            f"{ENV_PREFIX}PROMPT_FORMAT={settings.prompt_format!r}; choose {', '.join(PROMPT_FORMATS)}"
-        )
-    for name in ("max_captions_per_request", "max_text_chars", "max_prompt_tokens", "max_output_tokens"):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be at least 1, got {getattr(settings, name)}")
 
 
 def _clean(text: str) -> str:

@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from cir_common.errors import ConfigError
+from cir_reasoner.settings import ENV_PREFIX, PromptFormat
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-CHAT = "chat"
-COMPLETION = "completion"
-PROMPT_FORMATS = ("auto", CHAT, COMPLETION)
 
 # The papers' LLM settings (method.md 3.5): greedy, 700 tokens, stop on a blank line.
 DEFAULT_TEMPERATURE = 0.0
@@ -99,7 +96,7 @@ class BackendModel:
 
 class LLMBackend(Protocol):
     name: str
-    prompt_format: str
+    prompt_format: PromptFormat  # CHAT or COMPLETION, as resolved when the backend loaded
     model: BackendModel
     # Positions the model can attend to, where known (prompt + answer must fit).
     max_context: int | None
@@ -129,18 +126,19 @@ def deadline_error() -> str:
     return "no answer before the caller's deadline (generation aborted)"
 
 
-def resolve_prompt_format(setting: str, has_chat_template: bool) -> str:
-    """`auto` = chat when the tokenizer has a chat template (instruction-tuned models), else completion."""
-    if setting not in PROMPT_FORMATS:
-        raise ConfigError(f"CIR_REASONER_PROMPT_FORMAT={setting!r}; choose {', '.join(PROMPT_FORMATS)}")
-    if setting == "auto":
-        return CHAT if has_chat_template else COMPLETION
-    if setting == CHAT and not has_chat_template:
+def resolve_prompt_format(setting: PromptFormat, has_chat_template: bool) -> PromptFormat:
+    """`auto` = chat when the tokenizer has a chat template (instruction-tuned models), else completion.
+
+    The settings refuse a format outside PromptFormat; whether chat suits the tokenizer is decided here.
+    """
+    if setting == PromptFormat.AUTO:
+        return PromptFormat.CHAT if has_chat_template else PromptFormat.COMPLETION
+    if setting == PromptFormat.CHAT and not has_chat_template:
         raise ConfigError(
-            "CIR_REASONER_PROMPT_FORMAT=chat but the model's tokenizer has no chat template; "
+            f"{ENV_PREFIX}PROMPT_FORMAT=chat but the model's tokenizer has no chat template; "
             "use completion (base models) or a model folder that ships a chat template"
         )
-    return setting
+    return PromptFormat(setting)
 
 
 class PromptEncoder:
@@ -151,7 +149,7 @@ class PromptEncoder:
     that `__call__` may reset, and a reset while another thread encodes fails with "Already borrowed".
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat) -> None:
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format
         self._lock = threading.Lock()
@@ -161,7 +159,7 @@ class PromptEncoder:
             return self._encode(prompt)
 
     def _encode(self, prompt: str) -> list[int]:
-        if self.prompt_format == CHAT:
+        if self.prompt_format == PromptFormat.CHAT:
             rendered = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
             )

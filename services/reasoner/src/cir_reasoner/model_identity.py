@@ -7,9 +7,10 @@ from pathlib import Path
 
 from cir_common.checksums import weights_sha256
 from cir_reasoner.generation import BackendModel
+from cir_reasoner.settings import Backend
 
 
-def describe_model(model: str, backend: str, weights_sha: str | None = None) -> BackendModel:
+def describe_model(model: str, backend: Backend, weights_sha: str | None = None) -> BackendModel:
     """A local folder is named by its folder name and the sha256 of its weights; a hub id by itself."""
     folder = Path(model).expanduser()
     if not folder.is_dir():

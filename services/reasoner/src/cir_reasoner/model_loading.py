@@ -16,12 +16,19 @@ import torch
 from cir_common.checksums import weights_sha256
 from cir_common.errors import ConfigError
 from cir_common.torch_placement import resolve_device, resolve_dtype
+from cir_common.vocabulary import Precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from vllm.v1.engine.async_llm import AsyncLLM
 
-_VLLM_DTYPES = ("auto", "float32", "float16", "bfloat16")
+# vLLM's names of the precisions a causal LM runs in (open_clip's pure_* ones are the encoder's only).
+_VLLM_DTYPES = {
+    Precision.AUTO: "auto",
+    Precision.FP32: "float32",
+    Precision.FP16: "float16",
+    Precision.BF16: "bfloat16",
+}
 
 
 @dataclass(frozen=True)
@@ -38,12 +45,12 @@ class LoadedCausalLM:
     dtype: torch.dtype
 
 
-def load_causal_lm(path: str, device: str, dtype: str) -> LoadedCausalLM:
+def load_causal_lm(path: str, device: str, dtype: Precision | str) -> LoadedCausalLM:
     """Load a causal LM and its tokenizer from a folder (or a hub id where the hub is reachable).
 
     `device`: "auto" | "cpu" | "cuda[:N]"; `dtype`: "auto" (float16 on CUDA, float32 elsewhere) or
-    float32 / float16 / bfloat16. The tokenizer pads on the left so batched generation continues each prompt
-    from its last real token.
+    fp32 / fp16 / bf16 (float32 / float16 / bfloat16). The tokenizer pads on the left so batched
+    generation continues each prompt from its last real token.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,7 +99,7 @@ def vllm_engine_args(
     path: str,
     max_model_len: int,
     *,
-    dtype: str = "auto",
+    dtype: Precision | str = Precision.AUTO,
     seed: int = 0,
     tensor_parallel_size: int = 1,
     gpu_memory_utilization: float | None = None,
@@ -104,8 +111,12 @@ def vllm_engine_args(
     Checked here rather than left to vLLM: the folder exists and `max_model_len` fits the model's
     positions (vLLM would otherwise fail deep inside engine start-up, in another process).
     """
-    if dtype not in _VLLM_DTYPES:
-        raise ConfigError(f"unknown vLLM dtype {dtype!r}; use {', '.join(_VLLM_DTYPES)}")
+    try:
+        vllm_dtype = _VLLM_DTYPES[Precision(dtype)]
+    except (ValueError, KeyError):
+        raise ConfigError(
+            f"unknown vLLM dtype {str(dtype)!r}; use {', '.join(_VLLM_DTYPES.values())}"
+        ) from None
     if max_model_len <= 0:
         raise ConfigError(f"reasoner max_model_len must be positive, got {max_model_len}")
     folder = Path(path).expanduser()
@@ -125,7 +136,7 @@ def vllm_engine_args(
         "model": model,
         "tokenizer": model,
         "max_model_len": max_model_len,
-        "dtype": dtype,
+        "dtype": vllm_dtype,
         "seed": seed,
         "tensor_parallel_size": tensor_parallel_size,
         "disable_log_stats": True,

@@ -20,9 +20,6 @@ import httpx
 
 from cir_common.errors import ConfigError
 from cir_reasoner.generation import (
-    CHAT,
-    COMPLETION,
-    PROMPT_FORMATS,
     BackendModel,
     Completion,
     EngineCounters,
@@ -33,7 +30,7 @@ from cir_reasoner.generation import (
     estimate_prompt,
     seconds_left,
 )
-from cir_reasoner.settings import ENV_PREFIX, ReasonerSettings
+from cir_reasoner.settings import ENV_PREFIX, Backend, PromptFormat, ReasonerSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +41,7 @@ _ERROR_BODY_CHARS = 300
 
 
 class OpenAIBackend:
-    name = "openai"
+    name = Backend.OPENAI
 
     def __init__(
         self,
@@ -52,7 +49,7 @@ class OpenAIBackend:
         base_url: str,
         model_name: str,
         api_key: str | None,
-        prompt_format: str,
+        prompt_format: PromptFormat,
         max_concurrency: int,
         max_retries: int,
         timeout_s: float,
@@ -82,20 +79,9 @@ class OpenAIBackend:
     async def start(
         cls, settings: ReasonerSettings, transport: httpx.AsyncBaseTransport | None = None
     ) -> OpenAIBackend:
-        if not settings.openai_base_url or not settings.openai_model:
-            raise ConfigError(
-                f"the openai backend needs {ENV_PREFIX}OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1) and "
-                f"{ENV_PREFIX}OPENAI_MODEL (the model name the endpoint serves)"
-            )
-        if settings.prompt_format not in PROMPT_FORMATS:
-            raise ConfigError(
-                f"{ENV_PREFIX}PROMPT_FORMAT={settings.prompt_format!r}; choose {', '.join(PROMPT_FORMATS)}"
-            )
-        if settings.openai_max_concurrency < 1 or settings.openai_max_retries < 0:
-            raise ConfigError(
-                f"{ENV_PREFIX}OPENAI_MAX_CONCURRENCY must be >= 1 and {ENV_PREFIX}OPENAI_MAX_RETRIES >= 0"
-            )
-        prompt_format = COMPLETION if settings.prompt_format == COMPLETION else CHAT
+        # The settings checked the endpoint's URL and model name, the limits and the prompt format.
+        is_completion = settings.prompt_format == PromptFormat.COMPLETION
+        prompt_format = PromptFormat.COMPLETION if is_completion else PromptFormat.CHAT
         api_key = os.environ.get(settings.openai_api_key_env) or None
         if api_key is None:
             log.info(
@@ -172,7 +158,7 @@ class OpenAIBackend:
             payload["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             payload["seed"] = sampling.seed
-        if self.prompt_format == CHAT:
+        if self.prompt_format == PromptFormat.CHAT:
             payload["messages"] = [{"role": "user", "content": text}]
             return f"{self.base_url}/chat/completions", payload
         payload["prompt"] = text
@@ -223,7 +209,7 @@ class OpenAIBackend:
         await self._client.aclose()
 
 
-def _counting_encoder(tokenizer_path: str, prompt_format: str) -> PromptEncoder | None:
+def _counting_encoder(tokenizer_path: str, prompt_format: PromptFormat) -> PromptEncoder | None:
     if not tokenizer_path:
         return None
     from transformers import AutoTokenizer
@@ -233,14 +219,15 @@ def _counting_encoder(tokenizer_path: str, prompt_format: str) -> PromptEncoder 
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot load {ENV_PREFIX}TOKENIZER {tokenizer_path!r}: {error}") from error
     has_chat_template = bool(getattr(tokenizer, "chat_template", None))
-    return PromptEncoder(tokenizer, CHAT if prompt_format == CHAT and has_chat_template else COMPLETION)
+    chat = prompt_format == PromptFormat.CHAT and has_chat_template
+    return PromptEncoder(tokenizer, PromptFormat.CHAT if chat else PromptFormat.COMPLETION)
 
 
-def _parse_choice(response: httpx.Response, prompt_format: str) -> Completion:
+def _parse_choice(response: httpx.Response, prompt_format: PromptFormat) -> Completion:
     try:
         body = response.json()
         choice = body["choices"][0]
-        text = choice["message"]["content"] if prompt_format == CHAT else choice["text"]
+        text = choice["message"]["content"] if prompt_format == PromptFormat.CHAT else choice["text"]
     except (ValueError, KeyError, IndexError, TypeError) as error:
         return Completion(text=None, error=f"unexpected answer shape from the endpoint: {error!r}")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}

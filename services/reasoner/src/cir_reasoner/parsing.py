@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from cir_reasoner.templates import DEFAULT_ANSWER_LABELS
 
 
-class Outcome(Enum):
+class Outcome(StrEnum):
     PARSED = "parsed"
     FALLBACK_EMPTY = "fallback_empty"
     FALLBACK_ERROR = "fallback_error"

@@ -12,9 +12,8 @@ from cir.common.v1 import common_pb2
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir_common.cache import Cache
 from cir_common.errors import InvalidArgument
+from cir_common.vocabulary import CaptionSelection, EditMode
 from cir_reasoner.core import (
-    CaptionSelection,
-    EditMode,
     Query,
     ReasonedAnswer,
     Reasoner,
@@ -24,7 +23,7 @@ from cir_reasoner.core import (
 from cir_reasoner.generation import BackendModel, LLMBackend
 from cir_reasoner.parsing import Outcome
 from cir_reasoner.settings import ReasonerSettings
-from cir_reasoner.templates import TASK_EDIT, TASK_OBJECTS_ADDED
+from cir_reasoner.templates import TemplateTask
 
 _T = TypeVar("_T")
 
@@ -34,8 +33,8 @@ _OUTCOMES = {
     Outcome.FALLBACK_ERROR: reasoner_pb2.PARSE_OUTCOME_FALLBACK_ERROR,
 }
 _TASKS = {
-    TASK_EDIT: reasoner_pb2.TEMPLATE_TASK_EDIT,
-    TASK_OBJECTS_ADDED: reasoner_pb2.TEMPLATE_TASK_OBJECTS_ADDED,
+    TemplateTask.EDIT: reasoner_pb2.TEMPLATE_TASK_EDIT,
+    TemplateTask.OBJECTS_ADDED: reasoner_pb2.TEMPLATE_TASK_OBJECTS_ADDED,
 }
 # UNSPECIFIED is None: the core applies its default.
 _EDIT_MODES: dict[int, EditMode | None] = {

@@ -20,6 +20,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,22 @@ from cir_common.errors import ConfigError, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
-TASK_EDIT = "edit"
-TASK_OBJECTS_ADDED = "objects_added"
-TASKS = (TASK_EDIT, TASK_OBJECTS_ADDED)
+
+class TemplateTask(StrEnum):
+    """What a template's prompt asks the model for: the `task` key of a template file."""
+
+    EDIT = "edit"  # the edited caption (EditCaptions)
+    OBJECTS_ADDED = "objects_added"  # the objects most likely added (InferAddedObjects)
+
+
 OBJECTS_ADDED_TEMPLATE = "objects_added"
 
 CONTENT_LABEL = "Image Content:"
 INSTRUCTION_LABEL = "Instruction:"
-DEFAULT_ANSWER_LABELS = {TASK_EDIT: "Edited Description:", TASK_OBJECTS_ADDED: "Objects most likely added:"}
+DEFAULT_ANSWER_LABELS = {
+    TemplateTask.EDIT: "Edited Description:",
+    TemplateTask.OBJECTS_ADDED: "Objects most likely added:",
+}
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 # How much of an unknown template name an error message repeats.
@@ -68,7 +77,7 @@ Block = str | Example
 class PromptTemplate:
     name: str
     version: str
-    task: str
+    task: TemplateTask
     description: str
     answer_label: str
     content_label: str
@@ -117,9 +126,11 @@ def load_template_file(path: Path, *, builtin: bool = False) -> PromptTemplate:
     name = _required_str(data, "name", where)
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}: name {name!r} must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
-    task = _required_str(data, "task", where)
-    if task not in TASKS:
-        raise ConfigError(f"{where}: task {task!r} must be one of {', '.join(TASKS)}")
+    task_name = _required_str(data, "task", where)
+    try:
+        task = TemplateTask(task_name)
+    except ValueError:
+        raise ConfigError(f"{where}: task {task_name!r} must be one of {', '.join(TemplateTask)}") from None
     blocks = data.get("blocks")
     if not isinstance(blocks, list) or not blocks:
         raise ConfigError(f"{where} needs at least one [[blocks]] table (text or example)")
@@ -228,10 +239,10 @@ class TemplateRegistry:
     def all(self) -> list[PromptTemplate]:
         return [self._templates[name] for name in sorted(self._templates)]
 
-    def names(self, task: str | None = None) -> list[str]:
+    def names(self, task: TemplateTask | None = None) -> list[str]:
         return [t.name for t in self.all() if task is None or t.task == task]
 
-    def get(self, name: str, task: str) -> PromptTemplate:
+    def get(self, name: str, task: TemplateTask) -> PromptTemplate:
         """The template `name` for `task`: NOT_FOUND lists the known names; wrong task: INVALID_ARGUMENT."""
         template = self._templates.get(name)
         if template is None:

@@ -31,15 +31,15 @@ from cir_reasoner.generation import (
 )
 from cir_reasoner.model_identity import describe_model
 from cir_reasoner.model_loading import LoadedCausalLM, load_causal_lm
-from cir_reasoner.settings import ReasonerSettings
+from cir_reasoner.settings import Backend, PromptFormat, ReasonerSettings
 
 log = logging.getLogger(__name__)
 
 
 class TransformersBackend:
-    name = "transformers"
+    name = Backend.TRANSFORMERS
 
-    def __init__(self, lm: LoadedCausalLM, prompt_format: str, model: BackendModel) -> None:
+    def __init__(self, lm: LoadedCausalLM, prompt_format: PromptFormat, model: BackendModel) -> None:
         self.lm = lm
         # A private copy for prompts: the service encodes on its worker thread while a batch decodes (and
         # pads, and matches stop strings) with lm.tokenizer on the generation thread; separate Rust
@@ -56,7 +56,7 @@ class TransformersBackend:
     def start(cls, settings: ReasonerSettings) -> TransformersBackend:
         lm = load_causal_lm(settings.model, settings.device, settings.dtype)
         prompt_format = resolve_prompt_format(settings.prompt_format, lm.has_chat_template)
-        model = describe_model(settings.model, "transformers", lm.weights_sha256)
+        model = describe_model(settings.model, Backend.TRANSFORMERS, lm.weights_sha256)
         model.details.update(device=lm.device, dtype=str(lm.dtype).removeprefix("torch."))
         log.info("transformers LLM loaded: %s on %s (%s prompts)", model.identity, lm.device, prompt_format)
         return cls(lm, prompt_format, model)

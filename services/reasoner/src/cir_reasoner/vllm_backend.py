@@ -32,7 +32,7 @@ from cir_reasoner.generation import (
 )
 from cir_reasoner.model_identity import describe_model
 from cir_reasoner.model_loading import vllm_engine_args
-from cir_reasoner.settings import ReasonerSettings
+from cir_reasoner.settings import Backend, ReasonerSettings
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -113,7 +113,7 @@ def _stat_logger_factory(rounds: EngineRounds) -> Any:
 
 
 class VllmBackend:
-    name = "vllm"
+    name = Backend.VLLM
 
     def __init__(
         self,
@@ -151,7 +151,7 @@ class VllmBackend:
         has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         prompt_format = resolve_prompt_format(settings.prompt_format, has_chat_template)
         stats = EngineRounds()
-        model = describe_model(settings.model, "vllm")
+        model = describe_model(settings.model, Backend.VLLM)
         # No local variable holds the engine: this call's frame outlives it (start-up code in vLLM keeps a
         # reference to it), and only the backend's own reference may keep the engine alive after close().
         backend = cls(

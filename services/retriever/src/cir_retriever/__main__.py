@@ -7,13 +7,14 @@ import sys
 from cir.retriever.v1 import retriever_pb2_grpc
 from cir_common.server import ServiceHost
 from cir_common.service_kit import run_service
+from cir_common.vocabulary import RETRIEVER
 from cir_retriever.clients import ModelServices
 from cir_retriever.core import Retriever
 from cir_retriever.gallery.factory import open_store
 from cir_retriever.service import RetrieverServicer
 from cir_retriever.settings import RetrieverSettings, load_retriever_settings
 
-SERVICE_NAME = "cir.retriever.v1.RetrieverService"
+SERVICE_NAME = RETRIEVER.grpc_name
 
 
 def build_retriever(settings: RetrieverSettings) -> Retriever:
@@ -35,7 +36,7 @@ def _build(settings: RetrieverSettings, host: ServiceHost) -> Retriever:
 
 def main() -> int:
     return run_service(
-        display_name="retriever",
+        display_name=RETRIEVER.service.value,
         service_name=SERVICE_NAME,
         settings_loader=load_retriever_settings,
         build=_build,

@@ -23,25 +23,17 @@ from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir_common.errors import CirError, DeadlineExceeded
 from cir_common.request_context import RETRY_AFTER_HEADER, outgoing_metadata
 from cir_common.vectors import vector_from_proto, vector_to_proto
+from cir_common.vocabulary import CaptionSelection, DecodingVariant, EditMode, Preprocessing, Service
+from cir_retriever.proto_enums import to_proto
 
 T = TypeVar("T")
 PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32
 
-_PREPROCESSING = {
-    "targetpad": encoder_pb2.PREPROCESSING_TARGETPAD,
-    "model_default": encoder_pb2.PREPROCESSING_MODEL_DEFAULT,
-}
-_DECODING = {
-    "nucleus": captioner_pb2.DECODING_VARIANT_NUCLEUS,
-    "beam_sample": captioner_pb2.DECODING_VARIANT_BEAM_SAMPLE,
-}
-_EDIT_MODE = {"per_caption": common_pb2.EDIT_MODE_PER_CAPTION, "joined": common_pb2.EDIT_MODE_JOINED}
-_SELECTION = {
-    "first": common_pb2.CAPTION_SELECTION_FIRST,
-    "all_joined": common_pb2.CAPTION_SELECTION_ALL_JOINED,
-}
-PREPROCESSING_CHOICES = tuple(_PREPROCESSING)
-DECODING_CHOICES = tuple(_DECODING)
+# The model services' values of the vocabulary's choices.
+PREPROCESSING_TO_PROTO = to_proto(Preprocessing, encoder_pb2.Preprocessing)
+DECODING_TO_PROTO = to_proto(DecodingVariant, captioner_pb2.DecodingVariant)
+EDIT_MODE_TO_PROTO = to_proto(EditMode, common_pb2.EditMode)
+CAPTION_SELECTION_TO_PROTO = to_proto(CaptionSelection, common_pb2.CaptionSelection)
 
 
 @dataclass(frozen=True)
@@ -71,7 +63,7 @@ class DownstreamError(CirError):
 
     def __init__(
         self,
-        service: str,
+        service: Service,
         downstream: grpc.StatusCode,
         details: str,
         budget_spent: bool,
@@ -164,7 +156,7 @@ def _retry_after_ms(error: grpc.aio.AioRpcError) -> int | None:
 
 
 class _Service:
-    def __init__(self, name: str, channel: grpc.aio.Channel) -> None:
+    def __init__(self, name: Service, channel: grpc.aio.Channel) -> None:
         self.name = name
         self._channel = channel
 
@@ -186,15 +178,15 @@ class _Service:
 
 class EncoderClient(_Service):
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__("encoder", channel)
+        super().__init__(Service.ENCODER, channel)
         self._stub = encoder_pb2_grpc.EncoderServiceStub(channel)
 
     async def embed_images(
-        self, images: Sequence[bytes], preprocessing: str, budget: Budget
+        self, images: Sequence[bytes], preprocessing: Preprocessing, budget: Budget
     ) -> ImageEmbeddings:
         request = encoder_pb2.EmbedImagesRequest(
             images=[common_pb2.Image(data=data) for data in images],
-            preprocessing=_PREPROCESSING[preprocessing],
+            preprocessing=PREPROCESSING_TO_PROTO[preprocessing],
             vector_format=PACKED,
         )
         response = await self._call(self._stub.EmbedImages(request, **self._options(budget, None)), budget)
@@ -236,21 +228,21 @@ class EncoderClient(_Service):
 
 class CaptionerClient(_Service):
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__("captioner", channel)
+        super().__init__(Service.CAPTIONER, channel)
         self._stub = captioner_pb2_grpc.CaptionerServiceStub(channel)
 
     async def captions(
         self,
         images: Sequence[bytes],
         num_captions: int,
-        decoding_variant: str,
+        decoding_variant: DecodingVariant,
         budget: Budget,
         stage_budget_s: float | None = None,
     ) -> Captions:
         request = captioner_pb2.GenerateCaptionsRequest(
             images=[common_pb2.Image(data=data) for data in images],
             num_captions=num_captions,
-            decoding=captioner_pb2.DecodingParameters(variant=_DECODING[decoding_variant]),
+            decoding=captioner_pb2.DecodingParameters(variant=DECODING_TO_PROTO[decoding_variant]),
         )
         call = self._stub.GenerateCaptions(request, **self._options(budget, stage_budget_s))
         response = await self._call(call, budget)
@@ -259,20 +251,20 @@ class CaptionerClient(_Service):
 
 class ReasonerClient(_Service):
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__("reasoner", channel)
+        super().__init__(Service.REASONER, channel)
         self._stub = reasoner_pb2_grpc.ReasonerServiceStub(channel)
 
     async def edit_captions(
         self,
         captions: Sequence[str],
         instruction: str,
-        mode: str,
+        mode: EditMode,
         template: str,
         budget: Budget,
         stage_budget_s: float | None = None,
     ) -> list[ReasonedText]:
         request = reasoner_pb2.EditCaptionsRequest(
-            captions=list(captions), instruction=instruction, mode=_EDIT_MODE[mode], template=template
+            captions=list(captions), instruction=instruction, mode=EDIT_MODE_TO_PROTO[mode], template=template
         )
         call = self._stub.EditCaptions(request, **self._options(budget, stage_budget_s))
         return [_reasoned(e) for e in (await self._call(call, budget)).edits]
@@ -281,12 +273,14 @@ class ReasonerClient(_Service):
         self,
         captions: Sequence[str],
         instruction: str,
-        caption_selection: str,
+        caption_selection: CaptionSelection,
         budget: Budget,
         stage_budget_s: float | None = None,
     ) -> ReasonedText:
         request = reasoner_pb2.InferAddedObjectsRequest(
-            captions=list(captions), instruction=instruction, caption_selection=_SELECTION[caption_selection]
+            captions=list(captions),
+            instruction=instruction,
+            caption_selection=CAPTION_SELECTION_TO_PROTO[caption_selection],
         )
         call = self._stub.InferAddedObjects(request, **self._options(budget, stage_budget_s))
         return _reasoned((await self._call(call, budget)).objects)

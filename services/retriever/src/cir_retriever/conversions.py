@@ -8,7 +8,7 @@ what the evaluation reads back cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from enum import StrEnum
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2
 from cir_common.errors import InvalidArgument
 from cir_common.vectors import vector_from_proto, vector_to_proto
+from cir_retriever.clients import CAPTION_SELECTION_TO_PROTO, EDIT_MODE_TO_PROTO
 from cir_retriever.core import (
     CollectionInfo,
     ImportBatch,
@@ -42,83 +43,24 @@ from cir_retriever.gallery.types import (
     ImageRecord,
     Range,
 )
-from cir_retriever.ingest import ItemOutcome
+from cir_retriever.ingest import ItemOutcome, ItemStatus
 from cir_retriever.options import VariantChoices, WeightOverrides, resolve_options
 from cir_retriever.presets import Preset
-from cir_retriever.strategies import (
-    CaptionSelection,
-    EditMode,
-    Options,
-    QueryInputs,
-    StrategyName,
-    WeiMoCirVariant,
-)
+from cir_retriever.proto_enums import from_proto, to_proto
+from cir_retriever.strategies import Options, QueryInputs, StrategyName, WeiMoCirVariant
 
 PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32
-V = TypeVar("V")
 
 # --- enums ----------------------------------------------------------------------------------------------
 
-STRATEGY_FROM_PROTO = {
-    retriever_pb2.STRATEGY_IMAGE_ONLY: StrategyName.IMAGE_ONLY,
-    retriever_pb2.STRATEGY_TEXT_ONLY: StrategyName.TEXT_ONLY,
-    retriever_pb2.STRATEGY_CAPTIONING: StrategyName.CAPTIONING,
-    retriever_pb2.STRATEGY_PIC2WORD: StrategyName.PIC2WORD,
-    retriever_pb2.STRATEGY_SEARLE: StrategyName.SEARLE,
-    retriever_pb2.STRATEGY_LINCIR: StrategyName.LINCIR,
-    retriever_pb2.STRATEGY_CIREVL: StrategyName.CIREVL,
-    retriever_pb2.STRATEGY_LDRE: StrategyName.LDRE,
-    retriever_pb2.STRATEGY_WEIMOCIR: StrategyName.WEIMOCIR,
-    retriever_pb2.STRATEGY_CVSI: StrategyName.CVSI,
-}
-STRATEGY_TO_PROTO = {name: value for value, name in STRATEGY_FROM_PROTO.items()}
-PRESET_FROM_PROTO = {
-    retriever_pb2.PRESET_CIRCO: Preset.CIRCO,
-    retriever_pb2.PRESET_CIRR: Preset.CIRR,
-    retriever_pb2.PRESET_FASHIONIQ: Preset.FASHIONIQ,
-}
-PRESET_TO_PROTO = {name: value for value, name in PRESET_FROM_PROTO.items()}
-EDIT_MODE_FROM_PROTO = {
-    common_pb2.EDIT_MODE_PER_CAPTION: EditMode.PER_CAPTION,
-    common_pb2.EDIT_MODE_JOINED: EditMode.JOINED,
-}
-SELECTION_FROM_PROTO = {
-    common_pb2.CAPTION_SELECTION_FIRST: CaptionSelection.FIRST,
-    common_pb2.CAPTION_SELECTION_ALL_JOINED: CaptionSelection.ALL_JOINED,
-}
-SCORE_FROM_PROTO = {
-    retriever_pb2.SCORE_FUNCTION_DOT: ScoreFunction.DOT,
-    retriever_pb2.SCORE_FUNCTION_COSINE: ScoreFunction.COSINE,
-}
-WEIMOCIR_FROM_PROTO = {
-    retriever_pb2.WEI_MO_CIR_VARIANT_CODED: WeiMoCirVariant.CODED,
-    retriever_pb2.WEI_MO_CIR_VARIANT_PAPER: WeiMoCirVariant.PAPER,
-}
-FIELD_TYPE_FROM_PROTO = {
-    retriever_pb2.FIELD_TYPE_STRING: FieldType.STRING,
-    retriever_pb2.FIELD_TYPE_INT: FieldType.INT,
-    retriever_pb2.FIELD_TYPE_FLOAT: FieldType.FLOAT,
-    retriever_pb2.FIELD_TYPE_BOOL: FieldType.BOOL,
-}
-_ITEM_STATUS = {
-    "indexed": retriever_pb2.ITEM_STATUS_INDEXED,
-    "unchanged": retriever_pb2.ITEM_STATUS_UNCHANGED,
-    "replaced": retriever_pb2.ITEM_STATUS_REPLACED,
-    "failed": retriever_pb2.ITEM_STATUS_FAILED,
-}
-
-
-def _enum(value: int, table: dict[int, V], field: str) -> V | None:
-    """None for 0 (unspecified: the default applies); InvalidArgument for a value unknown here."""
-    if value == 0:
-        return None
-    if value not in table:
-        raise InvalidArgument(f"{field} has an unknown value {value}")
-    return table[value]
-
-
-def _back(table: dict[int, V], value: V) -> int:
-    return next(k for k, v in table.items() if v == value)
+# Each choice's proto value (`from_proto` reads them back). The API's edit mode and caption selection are the
+# model services' own (cir.common.v1) enums: their tables are the clients'.
+STRATEGY_TO_PROTO = to_proto(StrategyName, retriever_pb2.Strategy)
+PRESET_TO_PROTO = to_proto(Preset, retriever_pb2.Preset)
+SCORE_TO_PROTO = to_proto(ScoreFunction, retriever_pb2.ScoreFunction)
+WEIMOCIR_TO_PROTO = to_proto(WeiMoCirVariant, retriever_pb2.WeiMoCirVariant)
+FIELD_TYPE_TO_PROTO = to_proto(FieldType, retriever_pb2.FieldType)
+ITEM_STATUS_TO_PROTO = to_proto(ItemStatus, retriever_pb2.ItemStatus)
 
 
 # --- search ---------------------------------------------------------------------------------------------
@@ -131,12 +73,12 @@ def weights_from_proto(weights: retriever_pb2.Weights) -> WeightOverrides:
 
 def choices_from_proto(options: retriever_pb2.StrategyOptions) -> VariantChoices:
     return VariantChoices(
-        edit_mode=_enum(options.edit_mode, EDIT_MODE_FROM_PROTO, "options.edit_mode"),
-        objects_caption_selection=_enum(
-            options.objects_caption_selection, SELECTION_FROM_PROTO, "options.objects_caption_selection"
+        edit_mode=from_proto(options.edit_mode, EDIT_MODE_TO_PROTO, "options.edit_mode"),
+        objects_caption_selection=from_proto(
+            options.objects_caption_selection, CAPTION_SELECTION_TO_PROTO, "options.objects_caption_selection"
         ),
-        score=_enum(options.score_function, SCORE_FROM_PROTO, "options.score_function"),
-        weimocir_variant=_enum(options.weimocir_variant, WEIMOCIR_FROM_PROTO, "options.weimocir_variant"),
+        score=from_proto(options.score_function, SCORE_TO_PROTO, "options.score_function"),
+        weimocir_variant=from_proto(options.weimocir_variant, WEIMOCIR_TO_PROTO, "options.weimocir_variant"),
         edit_template=options.edit_template,
     )
 
@@ -192,8 +134,8 @@ def search_query_from_proto(request: retriever_pb2.SearchRequest) -> SearchQuery
         if which == "reference_image" and request.reference_image.WhichOneof("source") == "data"
         else None,
         reference_id=request.reference_id if which == "reference_id" else None,
-        strategy=_enum(request.strategy, STRATEGY_FROM_PROTO, "strategy"),
-        preset=_enum(request.preset, PRESET_FROM_PROTO, "preset"),
+        strategy=from_proto(request.strategy, STRATEGY_TO_PROTO, "strategy"),
+        preset=from_proto(request.preset, PRESET_TO_PROTO, "preset"),
         weights=weights_from_proto(request.weights),
         choices=choices_from_proto(request.options),
         top_k=request.top_k,
@@ -212,10 +154,10 @@ def resolved_to_proto(result: SearchResult) -> retriever_pb2.ResolvedStrategy:
         gamma=options.gamma,
         weimocir_a=options.weimocir_a,
         weimocir_b=options.weimocir_b,
-        edit_mode=_back(EDIT_MODE_FROM_PROTO, options.edit_mode),
-        objects_caption_selection=_back(SELECTION_FROM_PROTO, options.objects_caption_selection),
-        score_function=_back(SCORE_FROM_PROTO, options.score),
-        weimocir_variant=_back(WEIMOCIR_FROM_PROTO, options.weimocir_variant),
+        edit_mode=EDIT_MODE_TO_PROTO[options.edit_mode],
+        objects_caption_selection=CAPTION_SELECTION_TO_PROTO[options.objects_caption_selection],
+        score_function=SCORE_TO_PROTO[options.score],
+        weimocir_variant=WEIMOCIR_TO_PROTO[options.weimocir_variant],
         edit_template=options.edit_template,
         caption_features_renormalized=options.caption_features_renormalized,
     )
@@ -253,10 +195,12 @@ def search_response_to_proto(result: SearchResult, explain: bool) -> retriever_p
 
 
 def collection_settings_from_proto(message: retriever_pb2.CollectionSettings) -> CollectionSettings:
-    """Empty fields stay empty (the core fills the server's defaults)."""
+    """Empty fields stay empty (the core fills the server's defaults); CollectionSettings parses the choices
+    (INVALID_ARGUMENT for an unknown one)."""
     fields = []
     for declared in message.filterable_fields:
-        kind = _enum(declared.type, FIELD_TYPE_FROM_PROTO, f"filterable field {declared.name[:64]!r} type")
+        where = f"filterable field {declared.name[:64]!r} type"
+        kind = from_proto(declared.type, FIELD_TYPE_TO_PROTO, where)
         if kind is None:
             raise InvalidArgument(
                 f"filterable field {declared.name[:64]!r} has no type: string, int, float or bool"
@@ -274,14 +218,19 @@ def collection_settings_from_proto(message: retriever_pb2.CollectionSettings) ->
 def collection_settings_to_proto(settings: CollectionSettings) -> retriever_pb2.CollectionSettings:
     return retriever_pb2.CollectionSettings(
         num_captions=settings.num_captions,
-        decoding_variant=settings.decoding_variant,
-        preprocessing=settings.preprocessing,
+        decoding_variant=_choice_text(settings.decoding_variant),
+        preprocessing=_choice_text(settings.preprocessing),
         filterable_fields=[
-            retriever_pb2.FilterableField(name=f.name, type=_back(FIELD_TYPE_FROM_PROTO, f.type))
+            retriever_pb2.FilterableField(name=f.name, type=FIELD_TYPE_TO_PROTO[f.type])
             for f in settings.filterable_fields
         ],
-        ann=settings.ann,
+        ann=settings.ann.value,
     )
+
+
+def _choice_text(choice: StrEnum | None) -> str:
+    """A choice in a proto string field ("" = none: the server's default)."""
+    return "" if choice is None else choice.value
 
 
 def collection_info_to_proto(info: CollectionInfo) -> retriever_pb2.GetCollectionInfoResponse:
@@ -348,7 +297,7 @@ def ingest_event_to_proto(event: IngestEvent) -> retriever_pb2.IngestImagesRespo
         return retriever_pb2.IngestImagesResponse(
             item=retriever_pb2.IngestItemResult(
                 id=event.id,
-                status=_ITEM_STATUS[event.status],
+                status=ITEM_STATUS_TO_PROTO[event.status],
                 error_code=event.error_code,
                 error_message=event.error_message,
             )

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from cir_common.admission import AdmissionGate, to_thread_to_completion
 from cir_common.errors import (
     CirError,
-    ConfigError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -29,18 +28,19 @@ from cir_common.errors import (
 )
 from cir_common.images import ImageLimits, content_hash, decode_image, decoded_within, probe_image
 from cir_common.service_kit import decode_budget
-from cir_retriever.clients import (
-    DECODING_CHOICES,
-    PREPROCESSING_CHOICES,
-    Budget,
-    DownstreamError,
-    EncoderInfo,
-    ModelServices,
-)
+from cir_retriever.clients import Budget, DownstreamError, EncoderInfo, ModelServices
 from cir_retriever.gallery.base import Collection, GalleryStore
 from cir_retriever.gallery.filters import typed_metadata, validate_fields, validate_filter
-from cir_retriever.gallery.types import CollectionSettings, FeaturePage, Filter, Hit, ImageRecord, Manifest
-from cir_retriever.ingest import IngestPipeline, ItemOutcome, PendingImage
+from cir_retriever.gallery.types import (
+    MAX_NUM_CAPTIONS,
+    CollectionSettings,
+    FeaturePage,
+    Filter,
+    Hit,
+    ImageRecord,
+    Manifest,
+)
+from cir_retriever.ingest import IngestPipeline, ItemOutcome, ItemStatus, PendingImage
 from cir_retriever.options import VariantChoices, WeightOverrides, resolve_options
 from cir_retriever.presets import Preset
 from cir_retriever.query import (
@@ -67,7 +67,6 @@ from cir_retriever.strategies import (
 log = logging.getLogger(__name__)
 
 _ENCODER_INFO_TTL_S = 30.0
-MAX_NUM_CAPTIONS = 64
 EXPORT_DEFAULT_PAGE_SIZE = 256
 _EXPORT_ID_BYTES = 1024  # per image: id, uri and message framing, generously
 
@@ -187,12 +186,6 @@ class Retriever:
         self._decode_budget = decode_budget(settings, ENV_PREFIX)
         # The captioner and LLM stages are the scarce capacity: a search admitted past what they finish in
         # time makes every search miss its deadline (goodput collapse), so such searches take a turn first.
-        if settings.max_concurrent_generative_searches < 1 or settings.max_queued_generative_searches < 0:
-            raise ConfigError(
-                f"{ENV_PREFIX}MAX_CONCURRENT_GENERATIVE_SEARCHES={settings.max_concurrent_generative_searches}"
-                f" and {ENV_PREFIX}MAX_QUEUED_GENERATIVE_SEARCHES={settings.max_queued_generative_searches}: "
-                "need at least 1 running and 0 or more queued"
-            )
         self._generative_searches = AdmissionGate(
             settings.max_concurrent_generative_searches,
             settings.max_queued_generative_searches,
@@ -221,7 +214,8 @@ class Retriever:
     # -- collections -----------------------------------------------------------------------------------
 
     def with_defaults(self, settings: CollectionSettings) -> CollectionSettings:
-        """Settings with the server's defaults where the caller left a field empty, checked."""
+        """Settings with the server's defaults where the caller left a field empty, checked (the choices were
+        checked when the CollectionSettings were built)."""
         resolved = replace(
             settings,
             num_captions=settings.num_captions or self.settings.default_num_captions,
@@ -231,20 +225,6 @@ class Retriever:
         if not 1 <= resolved.num_captions <= MAX_NUM_CAPTIONS:
             raise InvalidArgument(
                 f"settings.num_captions = {resolved.num_captions} is outside 1..{MAX_NUM_CAPTIONS}"
-            )
-        if resolved.decoding_variant not in DECODING_CHOICES:
-            raise InvalidArgument(
-                f"settings.decoding_variant {resolved.decoding_variant[:64]!r} is unknown: "
-                f"{' or '.join(DECODING_CHOICES)}"
-            )
-        if resolved.preprocessing not in PREPROCESSING_CHOICES:
-            raise InvalidArgument(
-                f"settings.preprocessing {resolved.preprocessing[:64]!r} is unknown: "
-                f"{' or '.join(PREPROCESSING_CHOICES)}"
-            )
-        if resolved.ann not in ("", "hnsw", "ivf"):
-            raise InvalidArgument(
-                f"settings.ann {resolved.ann[:64]!r} is unknown: empty (exact), hnsw or ivf"
             )
         validate_fields(resolved.filterable_fields)
         return resolved
@@ -313,6 +293,11 @@ class Retriever:
 
     # -- search ----------------------------------------------------------------------------------------
 
+    def budget(self, time_remaining: float | None) -> Budget:
+        """A search's time: what the caller's deadline leaves, or the server's default without one."""
+        seconds = self.settings.default_timeout_s if time_remaining is None else time_remaining
+        return Budget.starting_now(seconds)
+
     async def search(self, query: SearchQuery, budget: Budget) -> SearchResult:
         text = query.text.strip()
         if not text:
@@ -322,8 +307,8 @@ class Retriever:
                 f"modification_text has {len(text)} characters, over the limit of "
                 f"{self.settings.max_text_chars} ({ENV_PREFIX}MAX_TEXT_CHARS): say the change in fewer words"
             )
-        strategy = query.strategy or StrategyName(self.settings.default_strategy)
-        preset = query.preset or Preset(self.settings.default_preset)
+        strategy = query.strategy or self.settings.default_strategy
+        preset = query.preset or self.settings.default_preset
         options = resolve_options(preset, query.weights, query.choices)
         top_k = query.top_k or self.settings.default_top_k
         if top_k > self.settings.max_top_k:
@@ -444,31 +429,31 @@ class Retriever:
             try:
                 header = await asyncio.to_thread(probe_image, item.data, self._limits, label=label)
             except InvalidArgument as error:
-                return ItemOutcome(item.id, "failed", "INVALID_ARGUMENT", error.message)
+                return ItemOutcome.failed(item.id, "INVALID_ARGUMENT", error.message)
             try:
                 async with self._decode_budget.reserve(header.decoded_bytes, label=label):
                     return await to_thread_to_completion(self._prepare, item, manifest)
             except (InvalidArgument, ResourceExhausted) as error:
                 # Larger than the whole budget, or no room freed in time: this item fails, the stream goes on.
-                return ItemOutcome(item.id, "failed", error.code.name, error.message)
+                return ItemOutcome.failed(item.id, error.code.name, error.message)
         return await asyncio.to_thread(self._prepare, item, manifest)
 
     def _prepare(self, item: IngestItem, manifest: Manifest) -> PendingImage | ItemOutcome:
         """Validates one item (decoding its image) and hashes it. Runs in a worker thread: decoding a
         large image takes long enough to stall every other call on the event loop."""
         if not item.id:
-            return ItemOutcome(
-                "", "failed", "INVALID_ARGUMENT", "image.id is empty: every gallery image needs an id"
+            return ItemOutcome.failed(
+                "", "INVALID_ARGUMENT", "image.id is empty: every gallery image needs an id"
             )
         if not item.data:
-            return ItemOutcome(
-                item.id, "failed", "INVALID_ARGUMENT", "image.image.data is empty: send the image bytes"
+            return ItemOutcome.failed(
+                item.id, "INVALID_ARGUMENT", "image.image.data is empty: send the image bytes"
             )
         try:
             typed_metadata(item.metadata, manifest.settings.filterable_fields)
             decode_image(item.data, self._limits, label=f"image {item.id[:128]!r}")
         except InvalidArgument as error:
-            return ItemOutcome(item.id, "failed", "INVALID_ARGUMENT", error.message)
+            return ItemOutcome.failed(item.id, "INVALID_ARGUMENT", error.message)
         return PendingImage(
             id=item.id, data=item.data, sha256=content_hash(item.data), uri=item.uri, metadata=item.metadata
         )
@@ -497,8 +482,8 @@ class Retriever:
         name = ""
 
         def report(outcome: ItemOutcome) -> None:
-            setattr(progress, outcome.status, getattr(progress, outcome.status) + 1)
-            if outcome.status != "failed":
+            setattr(progress, outcome.status.value, getattr(progress, outcome.status.value) + 1)
+            if outcome.status is not ItemStatus.FAILED:
                 progress.committed += 1
             events.put_nowait(outcome)
 
@@ -510,7 +495,7 @@ class Retriever:
                 log.exception("ingest batch failed")
                 code = error.code.name if isinstance(error, CirError) else "INTERNAL"
                 for item in pending:
-                    report(ItemOutcome(item.id, "failed", code, f"{type(error).__name__}: {error}"))
+                    report(ItemOutcome.failed(item.id, code, f"{type(error).__name__}: {error}"))
             finally:
                 pending_ids.difference_update(i.id for i in pending)
                 events.put_nowait(replace(progress))
@@ -534,9 +519,8 @@ class Retriever:
                     manifest = await asyncio.to_thread(collection.manifest)
                 elif item.collection != name:
                     report(
-                        ItemOutcome(
+                        ItemOutcome.failed(
                             item.id,
-                            "failed",
                             "INVALID_ARGUMENT",
                             f"collection {item.collection[:128]!r} differs from this stream's {name!r}",
                         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from cir_retriever import fusion
 from cir_retriever.clients import Budget, DownstreamError, ModelServices
@@ -28,12 +29,25 @@ class PendingImage:
     metadata: dict[str, str]
 
 
+class ItemStatus(StrEnum):
+    """What became of one ingested image (also the name of its counter in `IngestProgress`)."""
+
+    INDEXED = "indexed"
+    UNCHANGED = "unchanged"
+    REPLACED = "replaced"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class ItemOutcome:
     id: str
-    status: str  # "indexed" | "unchanged" | "replaced" | "failed"
+    status: ItemStatus
     error_code: str = ""
     error_message: str = ""
+
+    @classmethod
+    def failed(cls, item_id: str, error_code: str, error_message: str) -> ItemOutcome:
+        return cls(item_id, ItemStatus.FAILED, error_code, error_message)
 
 
 @dataclass
@@ -57,7 +71,7 @@ class IngestPipeline:
         todo = []
         for item in items:
             if stored.get(item.id) == item.sha256:
-                outcomes[item.id] = ItemOutcome(item.id, "unchanged")
+                outcomes[item.id] = ItemOutcome(item.id, ItemStatus.UNCHANGED)
             else:
                 todo.append(item)
         if todo:
@@ -70,7 +84,7 @@ class IngestPipeline:
                 )
                 await asyncio.to_thread(collection.upsert, computed.records)
                 for record in computed.records:
-                    status = "replaced" if record.id in stored else "indexed"
+                    status = ItemStatus.REPLACED if record.id in stored else ItemStatus.INDEXED
                     outcomes[record.id] = ItemOutcome(record.id, status)
         return [outcomes[item.id] for item in items]
 
@@ -128,4 +142,4 @@ class IngestPipeline:
 
 
 def _failed(item_id: str, error: DownstreamError) -> ItemOutcome:
-    return ItemOutcome(item_id, "failed", error.downstream_code, error.details)
+    return ItemOutcome.failed(item_id, error.downstream_code, error.details)

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cir_common.errors import ConfigError
-from cir_retriever.settings import ENV_PREFIX
+from cir_retriever.settings import check_stage_estimates
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,7 @@ class Shortfall:
 
 class StageEstimates:
     def __init__(self, window: int, quantile: float) -> None:
-        if window < 1:
-            raise ConfigError(f"{ENV_PREFIX}STAGE_ESTIMATE_WINDOW must be at least 1, got {window}")
-        if not 0.0 <= quantile <= 1.0:
-            raise ConfigError(f"{ENV_PREFIX}STAGE_ESTIMATE_QUANTILE must be within 0..1, got {quantile}")
+        check_stage_estimates(window, quantile)
         self._window = window
         self._quantile = quantile
         self._observed: dict[str, deque[float]] = {}

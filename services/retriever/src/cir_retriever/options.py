@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cir_common.errors import InvalidArgument
+from cir_common.vocabulary import CaptionSelection, EditMode
 from cir_retriever.fusion import ScoreFunction
 from cir_retriever.presets import PRESETS, Preset
-from cir_retriever.strategies import CaptionSelection, EditMode, Options, WeiMoCirVariant
+from cir_retriever.strategies import Options, WeiMoCirVariant
 
 
 @dataclass(frozen=True)

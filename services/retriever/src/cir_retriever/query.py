@@ -30,13 +30,14 @@ import numpy as np
 
 from cir_common.errors import DeadlineExceeded, InvalidArgument
 from cir_common.service_kit import StageTimer
+from cir_common.vocabulary import EditMode
 from cir_retriever import fusion
 from cir_retriever.clients import Budget, DownstreamError, ModelServices, ReasonedText
 from cir_retriever.gallery.types import CollectionSettings, ImageRecord
 from cir_retriever.latency import Shortfall, StageEstimates
 from cir_retriever.presets import WEIMOCIR_SLOTS
 from cir_retriever.settings import RetrieverSettings
-from cir_retriever.strategies import EditMode, Options, QueryInputs, Requirements, StrategyName
+from cir_retriever.strategies import Options, QueryInputs, Requirements, StrategyName
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -373,7 +374,7 @@ class _StageRunner:
                         self.s.reasoner.edit_captions(
                             captions,
                             self.r.text,
-                            mode.value,
+                            mode,
                             self.r.options.edit_template,
                             self.budget,
                             self.settings.reasoner_budget_s,
@@ -429,7 +430,7 @@ class _StageRunner:
                 self.s.reasoner.added_objects(
                     captions,
                     self.r.text,
-                    self.r.options.objects_caption_selection.value,
+                    self.r.options.objects_caption_selection,
                     self.budget,
                     self.settings.reasoner_budget_s,
                 ),

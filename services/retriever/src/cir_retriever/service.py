@@ -11,7 +11,6 @@ import grpc
 
 from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from cir_retriever import conversions
-from cir_retriever.clients import Budget
 from cir_retriever.core import Retriever
 
 
@@ -65,8 +64,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def Search(
         self, request: retriever_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> retriever_pb2.SearchResponse:
-        remaining = context.time_remaining()
-        budget = Budget.starting_now(self.core.settings.default_timeout_s if remaining is None else remaining)
+        budget = self.core.budget(context.time_remaining())
         result = await self.core.search(conversions.search_query_from_proto(request), budget)
         return conversions.search_response_to_proto(result, explain=request.explain)
 

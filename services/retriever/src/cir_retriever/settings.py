@@ -1,34 +1,53 @@
-"""Retriever service settings (environment prefix CIR_RETRIEVER_, profile section [retriever])."""
+"""Retriever service settings (environment prefix CIR_RETRIEVER_, profile section [retriever]).
+
+`RetrieverSettings.validate` holds every check of them: a bad value is refused when the settings are built
+(`load_settings`, or a test building them by hand), before anything starts.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
+from typing import ClassVar
 
 from cir_common.config import ServiceSettings, load_settings
+from cir_common.errors import ConfigError
+from cir_common.vocabulary import CAPTIONER, ENCODER, REASONER, RETRIEVER, DecodingVariant, Preprocessing
+from cir_retriever.gallery.types import MAX_NUM_CAPTIONS
+from cir_retriever.presets import Preset
+from cir_retriever.strategies import StrategyName
 
-ENV_PREFIX = "CIR_RETRIEVER_"
-SECTION = "retriever"
+ENV_PREFIX = RETRIEVER.env_prefix
+SECTION = RETRIEVER.profile_section
+
+
+class StoreBackend(StrEnum):
+    """Where the gallery lives."""
+
+    LOCAL = "local"  # SQLite + in-memory search, one replica
+    MILVUS = "milvus"  # everything in Milvus: stateless replicas
 
 
 @dataclasses.dataclass
 class RetrieverSettings(ServiceSettings):
-    port: int = 50050
-    encoder_address: str = "127.0.0.1:50051"
-    captioner_address: str = "127.0.0.1:50052"
-    reasoner_address: str = "127.0.0.1:50053"
+    env_prefix: ClassVar[str] = ENV_PREFIX
+    port: int = RETRIEVER.default_port
+    encoder_address: str = ENCODER.default_address
+    captioner_address: str = CAPTIONER.default_address
+    reasoner_address: str = REASONER.default_address
     # Gallery store: "local" (SQLite + in-memory search, one replica) or "milvus" (stateless replicas).
-    store_backend: str = "local"
+    store_backend: StoreBackend = StoreBackend.LOCAL
     # local backend: store root (one folder per collection).
     store_dir: str = "./data/collections"
     # milvus backend: the Milvus endpoint, and the NAME of the environment variable holding its token.
     milvus_uri: str = "http://127.0.0.1:19530"
     milvus_token_env: str = "MILVUS_TOKEN"
-    default_strategy: str = "cvsi"
-    default_preset: str = "circo"
+    default_strategy: StrategyName = StrategyName.CVSI
+    default_preset: Preset = Preset.CIRCO
     # Settings of collections created without explicit ones (CreateCollection or first ingest).
     default_num_captions: int = 15
-    default_decoding_variant: str = "beam_sample"
-    default_preprocessing: str = "targetpad"
+    default_decoding_variant: DecodingVariant = DecodingVariant.BEAM_SAMPLE
+    default_preprocessing: Preprocessing = Preprocessing.TARGETPAD
     default_top_k: int = 10
     max_top_k: int = 1000
     # Longest modification_text a search accepts (characters); longer ones are refused at the public edge.
@@ -58,6 +77,36 @@ class RetrieverSettings(ServiceSettings):
     # Ingestion: images per pipeline batch, and batches in flight before the stream is paused.
     ingest_batch_size: int = 16
     ingest_max_batches_in_flight: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        check_stage_estimates(self.stage_estimate_window, self.stage_estimate_quantile)
+        if self.max_concurrent_generative_searches < 1 or self.max_queued_generative_searches < 0:
+            raise ConfigError(
+                f"{ENV_PREFIX}MAX_CONCURRENT_GENERATIVE_SEARCHES={self.max_concurrent_generative_searches}"
+                f" and {ENV_PREFIX}MAX_QUEUED_GENERATIVE_SEARCHES={self.max_queued_generative_searches}: "
+                "need at least 1 running and 0 or more queued"
+            )
+        if not 1 <= self.default_num_captions <= MAX_NUM_CAPTIONS:
+            raise ConfigError(
+                f"{ENV_PREFIX}DEFAULT_NUM_CAPTIONS={self.default_num_captions} is outside "
+                f"1..{MAX_NUM_CAPTIONS}"
+            )
+        if not 1 <= self.default_top_k <= self.max_top_k:
+            raise ConfigError(
+                f"{ENV_PREFIX}DEFAULT_TOP_K={self.default_top_k} must be at least 1 and at most "
+                f"{ENV_PREFIX}MAX_TOP_K={self.max_top_k}"
+            )
+        self.require_at_least(1, "max_text_chars", "ingest_batch_size", "ingest_max_batches_in_flight")
+        self.require_positive("default_timeout_s", "captioner_budget_s", "reasoner_budget_s")
+
+
+def check_stage_estimates(window: int, quantile: float) -> None:
+    """The stage estimates' settings (`latency.StageEstimates` checks its arguments with this too)."""
+    if window < 1:
+        raise ConfigError(f"{ENV_PREFIX}STAGE_ESTIMATE_WINDOW must be at least 1, got {window}")
+    if not 0.0 <= quantile <= 1.0:
+        raise ConfigError(f"{ENV_PREFIX}STAGE_ESTIMATE_QUANTILE must be within 0..1, got {quantile}")
 
 
 def load_retriever_settings() -> RetrieverSettings:

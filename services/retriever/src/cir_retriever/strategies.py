@@ -12,6 +12,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from cir_common.vocabulary import CaptionSelection, EditMode
 from cir_retriever import fusion
 from cir_retriever.fusion import ScoreFunction, normalize
 from cir_retriever.gallery.types import GalleryFeatures, GalleryKind, GallerySpec
@@ -28,16 +29,6 @@ class StrategyName(StrEnum):
     LDRE = "ldre"
     WEIMOCIR = "weimocir"
     CVSI = "cvsi"
-
-
-class EditMode(StrEnum):
-    PER_CAPTION = "per_caption"
-    JOINED = "joined"
-
-
-class CaptionSelection(StrEnum):
-    FIRST = "first"
-    ALL_JOINED = "all_joined"
 
 
 class WeiMoCirVariant(StrEnum):

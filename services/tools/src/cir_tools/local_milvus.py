@@ -24,8 +24,8 @@ from typing import IO, ClassVar
 
 import grpc
 
-from cir_tools.child_server import ChildServer
-from cir_tools.local_redis import free_port
+from cir_tools.child_server import ChildServer, start_on_a_port, wait_ready
+from cir_tools.child_server import free_port as free_port  # the tests take it from here
 
 INSTALL_HINT = (
     "milvus-lite is not installed; run scripts/install-dev.sh (it installs milvus-lite==2.5.1, a development "
@@ -92,15 +92,9 @@ def start_milvus(
     binary = milvus_lite_binary()
     if binary is None:
         raise MilvusStartError(INSTALL_HINT)
-    attempts = 1 if port is not None else 3
-    last_error = ""
-    for _ in range(attempts):
-        chosen = port if port is not None else free_port()
-        try:
-            return _start_once(binary, chosen, data_dir, timeout_s)
-        except MilvusStartError as exc:
-            last_error = str(exc)
-    raise MilvusStartError(last_error)
+    return start_on_a_port(
+        lambda chosen: _start_once(binary, chosen, data_dir, timeout_s), port, MilvusStartError
+    )
 
 
 def _lock_database(data_dir: Path) -> IO[str]:
@@ -138,22 +132,16 @@ def _start_once(binary: Path, port: int, data_dir: Path | None, timeout_s: float
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=data, env=env
         )
     server = MilvusProcess(port=port, process=process, workdir=workdir, data_dir=data, _lock=lock)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not server.alive:
-            text = server.log()
-            server.stop()
-            raise MilvusStartError(
-                f"the Milvus engine on port {port} exited with {process.returncode}:\n{text}"
-            )
-        if ping(port):
-            # Our engine answers only while it is alive: if it died because the port was taken, the loop
-            # above reports it; a check after the answer tells ours from a server that held the port.
-            time.sleep(0.05)
-            if server.alive:
-                return server
-            continue
+
+    def ready() -> bool:
+        if not ping(port):
+            return False
+        # Our engine answers only while it is alive: if it died because the port was taken, wait_ready
+        # reports it; a check after the answer tells ours from a server that held the port.
         time.sleep(0.05)
-    text = server.log()
-    server.stop()
-    raise MilvusStartError(f"the Milvus engine on port {port} did not answer within {timeout_s} s:\n{text}")
+        return server.alive
+
+    name = f"the Milvus engine on port {port}"
+    return wait_ready(
+        server, ready, name=name, what="answer", timeout_s=timeout_s, poll_s=0.05, error=MilvusStartError
+    )

@@ -11,12 +11,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from cir_tools.child_server import ChildServer
+from cir_tools.child_server import ChildServer, start_on_a_port, wait_ready
+from cir_tools.child_server import free_port as free_port  # the tests and the suite take it from here
 
 INSTALL_HINT = (
     "redis-server is not on PATH; run scripts/install-dev.sh (it installs the redis-server package)"
@@ -29,12 +29,6 @@ class RedisStartError(RuntimeError):
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ping(port: int, timeout_s: float = 0.2) -> bool:
@@ -95,15 +89,7 @@ def start_redis(port: int | None = None, *, timeout_s: float = 10.0) -> RedisPro
     binary = redis_server_binary()
     if binary is None:
         raise RedisStartError(INSTALL_HINT)
-    attempts = 1 if port is not None else 3
-    last_error = ""
-    for _ in range(attempts):
-        chosen = port if port is not None else free_port()
-        try:
-            return _start_once(binary, chosen, timeout_s)
-        except RedisStartError as exc:
-            last_error = str(exc)
-    raise RedisStartError(last_error)
+    return start_on_a_port(lambda chosen: _start_once(binary, chosen, timeout_s), port, RedisStartError)
 
 
 def _start_once(binary: str, port: int, timeout_s: float) -> RedisProcess:
@@ -129,18 +115,16 @@ def _start_once(binary: str, port: int, timeout_s: float) -> RedisProcess:
         args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     server = RedisProcess(port=port, process=process, workdir=workdir)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not server.alive:
-            log = server.log()
-            server.stop()
-            raise RedisStartError(f"redis-server on port {port} exited with {process.returncode}:\n{log}")
-        if ping(port):
-            if server_pid(port) == process.pid:
-                return server
-            server.stop()
-            raise RedisStartError(f"port {port} is already served by another Redis")
-        time.sleep(0.02)
-    log = server.log()
-    server.stop()
-    raise RedisStartError(f"redis-server on port {port} did not answer PING within {timeout_s} s:\n{log}")
+
+    def ready() -> bool:
+        if not ping(port):
+            return False
+        if server_pid(port) == process.pid:
+            return True
+        server.stop()
+        raise RedisStartError(f"port {port} is already served by another Redis")
+
+    name = f"redis-server on port {port}"
+    return wait_ready(
+        server, ready, name=name, what="answer PING", timeout_s=timeout_s, poll_s=0.02, error=RedisStartError
+    )

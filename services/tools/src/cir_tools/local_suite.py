@@ -18,27 +18,36 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cir_common import vocabulary
+from cir_common.vocabulary import PROFILE_ENV, RETRIEVER, Service, ServiceIdentity
 from cir_tools.local_milvus import MilvusProcess, start_milvus
 from cir_tools.local_redis import RedisProcess, free_port, redis_server_binary, start_redis
 
 log = logging.getLogger(__name__)
 
-# The services' own default ports (their settings), used by `cir serve` so the CLI defaults reach them.
-DEFAULT_PORTS = {"retriever": 50050, "encoder": 50051, "captioner": 50052, "reasoner": 50053}
+# The model services start first, then the retriever that calls them.
+MODEL_SERVICES = (Service.ENCODER, Service.CAPTIONER, Service.REASONER)
+START_ORDER = (*MODEL_SERVICES, Service.RETRIEVER)
 
+
+def _identity(name: str) -> ServiceIdentity:
+    return vocabulary.SERVICES[Service(name)]
+
+
+# Views of cir_common.vocabulary by service name. The services' own default ports (their settings), used by
+# `cir serve` so the CLI defaults reach them:
+DEFAULT_PORTS = {str(name): identity.default_port for name, identity in vocabulary.SERVICES.items()}
+# In START_ORDER, (python module, gRPC service name, environment prefix):
 SERVICES = {
-    # name: (python module, gRPC service name, environment prefix)
-    "encoder": ("cir_encoder", "cir.encoder.v1.EncoderService", "CIR_ENCODER_"),
-    "captioner": ("cir_captioner", "cir.captioner.v1.CaptionerService", "CIR_CAPTIONER_"),
-    "reasoner": ("cir_reasoner", "cir.reasoner.v1.ReasonerService", "CIR_REASONER_"),
-    "retriever": ("cir_retriever", "cir.retriever.v1.RetrieverService", "CIR_RETRIEVER_"),
+    str(name): (_identity(name).package, _identity(name).grpc_name, _identity(name).env_prefix)
+    for name in START_ORDER
 }
 
 
@@ -112,7 +121,7 @@ class LocalSuite:
 
     @property
     def retriever_address(self) -> str:
-        return self.processes["retriever"].address
+        return self.processes[RETRIEVER.service].address
 
     def start(
         self,
@@ -142,26 +151,26 @@ class LocalSuite:
 
     def environment(self, name: str) -> dict[str, str]:
         ports = self.ports
-        _, _, prefix = SERVICES[name]
-        env = {**os.environ, "CIR_PROFILE": str(self.profile), **self.extra_env}
+        prefix = _identity(name).env_prefix
+        env = {**os.environ, PROFILE_ENV: str(self.profile), **self.extra_env}
         env[f"{prefix}PORT"] = str(ports[name])
         env[f"{prefix}HOST"] = "127.0.0.1"
         if self.redis is not None:
             env[f"{prefix}CACHE_URL"] = self.redis.url
-        if name == "retriever":
-            for other in ("encoder", "captioner", "reasoner"):
-                env[f"CIR_RETRIEVER_{other.upper()}_ADDRESS"] = f"127.0.0.1:{ports[other]}"
-            env.setdefault("CIR_RETRIEVER_STORE_DIR", str(self.workdir / "collections"))
-            env["CIR_RETRIEVER_STORE_BACKEND"] = self.store
+        if name == Service.RETRIEVER:
+            for other in MODEL_SERVICES:
+                env[f"{prefix}{other.upper()}_ADDRESS"] = f"127.0.0.1:{ports[other]}"
+            env.setdefault(f"{prefix}STORE_DIR", str(self.workdir / "collections"))
+            env[f"{prefix}STORE_BACKEND"] = self.store
             if self.milvus is not None:
-                env["CIR_RETRIEVER_MILVUS_URI"] = self.milvus.uri
-        if name == "reasoner":
+                env[f"{prefix}MILVUS_URI"] = self.milvus.uri
+        if name == Service.REASONER:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         return env
 
     def start_service(self, name: str) -> ServiceProcess:
         """Starts (or restarts) one service on its port; `wait_serving` waits for it."""
-        module, _, _ = SERVICES[name]
+        module = _identity(name).package
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -196,7 +205,7 @@ class LocalSuite:
                     if service.process.poll() is not None:
                         code = service.process.returncode
                         raise SuiteError(f"{name} exited with code {code}; its log:\n{service.log_tail()}")
-                    if _serving(channels[name], SERVICES[name][1]):
+                    if _serving(channels[name], _identity(name).grpc_name):
                         del pending[name]
                 if not pending:
                     return
@@ -249,7 +258,7 @@ class LocalSuite:
         """Stops everything, each step even when an earlier one failed."""
         try:
             # The retriever first: it drains its in-flight searches while the model services still answer.
-            for name in ("retriever", "encoder", "captioner", "reasoner"):
+            for name in (Service.RETRIEVER, *MODEL_SERVICES):
                 try:
                     self.stop_service(name)
                 except Exception:
@@ -282,3 +291,22 @@ def _not_serving(pending: Mapping[str, ServiceProcess], limit_s: float) -> str:
         f"{names} {verb} not SERVING after {limit_s:g} s, the start-up limit ({STARTUP_TIMEOUT_ENV}; "
         f"raise it on a slow or loaded machine){logs}"
     )
+
+
+@contextlib.contextmanager
+def local_suite_address(profile: Path | None, workdir: Path, echo: Callable[[str], None]) -> Iterator[str]:
+    """Run a local suite for the duration (the tiny pack when `profile` is None); yield the retriever address.
+
+    What `cir eval` runs without --address (cir_evaluation.runner.SuiteStarter)."""
+    from cir_tools.packs.tiny import build_tiny_pack
+
+    if profile is None:
+        echo("no --address and no profile: starting the suite with the tiny model pack (random weights)")
+        profile = build_tiny_pack(workdir / "tiny-pack", echo=None)
+    suite = LocalSuite(profile=profile, workdir=workdir / "suite")
+    echo(f"starting the suite with {profile} (logs in {workdir / 'suite'}) ...")
+    suite.start()
+    try:
+        yield suite.retriever_address
+    finally:
+        suite.stop()

@@ -1,4 +1,4 @@
-"""Approximate search for collections that ask for it (`settings.ann`: "hnsw" or "ivf"), never the default.
+"""Approximate search for collections that ask for it (`settings.ann`: HNSW or IVF), never the default.
 
 One FAISS inner-product index per gallery spec, over that spec's gallery rows materialised once (every kind
 can be: `matrices.gallery_rows`). Built on the first search with the spec, extended with the rows appended
@@ -16,9 +16,8 @@ import faiss
 import numpy as np
 
 from cir_retriever.gallery.matrices import View, gallery_rows
-from cir_retriever.gallery.types import GallerySpec
+from cir_retriever.gallery.types import AnnIndex, GallerySpec
 
-METHODS = ("hnsw", "ivf")
 _ADD_CHUNK = 65536  # rows materialised per step when filling an index
 
 
@@ -36,15 +35,15 @@ class AnnIndexes:
 
     def __init__(
         self,
-        method: str,
+        method: AnnIndex | str,
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 256,
         ivf_probe_fraction: float = 0.25,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown approximate index {method!r}: {' or '.join(METHODS)}")
-        self.method = method
+        self.method = AnnIndex(method)  # ValueError for an unknown one
+        if self.method is AnnIndex.EXACT:
+            raise ValueError("AnnIndexes builds approximate indexes (hnsw or ivf), not exact search")
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
         self.ivf_probe_fraction = ivf_probe_fraction
         self._entries: dict[GallerySpec, _Entry] = {}
@@ -89,7 +88,7 @@ class AnnIndexes:
     def _build(self, view: View, spec: GallerySpec) -> _Entry:
         self.builds += 1
         width = gallery_rows(view, spec, 0, 1).shape[1]
-        if self.method == "hnsw":
+        if self.method is AnnIndex.HNSW:
             index = faiss.IndexHNSWFlat(width, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = self.ef_construction
             _add(index, view, spec, 0, view.n)
@@ -112,7 +111,7 @@ class AnnIndexes:
         return _Entry(index, view.generation, view.n, view.n)
 
     def _params(self, entry: _Entry, k: int, selector: faiss.IDSelector | None) -> faiss.SearchParameters:
-        if self.method == "hnsw":
+        if self.method is AnnIndex.HNSW:
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(self.ef_search, k)
         else:

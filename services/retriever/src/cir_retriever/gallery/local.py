@@ -10,7 +10,7 @@ Search: the first search (or `load()`) reads the collection once into `matrices.
 on every upsert / replace / delete updates SQLite and then the matrices (appends, tombstones, compaction),
 so a search never re-reads SQLite (`rows_loaded` counts every row read into memory). Searches take a
 published view of the matrices without a lock and never wait for a write. A collection created with
-`settings.ann` ("hnsw" / "ivf") answers unfiltered searches from an approximate index (`ann.AnnIndexes`);
+`settings.ann` (HNSW / IVF) answers unfiltered searches from an approximate index (`ann.AnnIndexes`);
 filtered searches stay exact.
 """
 
@@ -31,7 +31,6 @@ from cir_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cir_common.vectors import pack_f32, pack_f32_matrix, unpack_f32, unpack_f32_matrix
 from cir_retriever.fusion import normalize
 from cir_retriever.gallery import matrices as exact
-from cir_retriever.gallery.ann import METHODS as ANN_METHODS
 from cir_retriever.gallery.ann import AnnIndexes
 from cir_retriever.gallery.filters import TypedValue, validate_fields
 from cir_retriever.gallery.matrices import RowBatch, SearchMatrices
@@ -56,6 +55,7 @@ from cir_retriever.gallery.types import (
     ImageRecord,
     Manifest,
     settings_from_dict,
+    settings_to_dict,
 )
 
 _DB_FILE = "gallery.sqlite"
@@ -511,18 +511,14 @@ class GalleryStore:
     def create(self, name: str, settings: CollectionSettings) -> Collection:
         validate_collection_name(name)
         settings = replace(settings, filterable_fields=validate_fields(settings.filterable_fields))
-        if settings.ann and settings.ann not in ANN_METHODS:
-            raise InvalidArgument(
-                f"settings.ann {settings.ann!r} is unknown: leave it empty (exact search) or use "
-                f"{' or '.join(ANN_METHODS)}"
-            )
         with self._lock:
             path = self.root / name
             if (path / _DB_FILE).exists():
                 existing = self._open_locked(name).manifest()
                 if existing.settings != settings:
+                    shown = settings_to_dict(existing.settings)
                     raise FailedPrecondition(
-                        f"collection {name!r} already exists with settings {asdict(existing.settings)}; "
+                        f"collection {name!r} already exists with settings {shown}; "
                         "delete it first or use another name"
                     )
                 return self._open[name]

@@ -66,6 +66,7 @@ from cir_retriever.gallery.rules import (
     validate_collection_name,
 )
 from cir_retriever.gallery.types import (
+    AnnIndex,
     AnyOf,
     CollectionSettings,
     Condition,
@@ -81,6 +82,7 @@ from cir_retriever.gallery.types import (
     Manifest,
     Range,
     settings_from_dict,
+    settings_to_dict,
 )
 from cir_retriever.presets import PRESETS
 
@@ -105,10 +107,10 @@ _EXPR_ID_CHUNK = 512
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _CONSISTENCY = "Strong"
 # milvus-lite answers only FLAT, IVF_FLAT and AUTOINDEX; HNSW needs a Milvus server.
-_ANN_INDEXES: dict[str, tuple[str, dict[str, int], Callable[[int], dict[str, int]]]] = {
-    "": ("FLAT", {}, lambda k: {}),
-    "hnsw": ("HNSW", {"M": 16, "efConstruction": 200}, lambda k: {"ef": max(k, 256)}),
-    "ivf": ("IVF_FLAT", {"nlist": 1024}, lambda k: {"nprobe": 128}),
+_ANN_INDEXES: dict[AnnIndex, tuple[str, dict[str, int], Callable[[int], dict[str, int]]]] = {
+    AnnIndex.EXACT: ("FLAT", {}, lambda k: {}),
+    AnnIndex.HNSW: ("HNSW", {"M": 16, "efConstruction": 200}, lambda k: {"ef": max(k, 256)}),
+    AnnIndex.IVF: ("IVF_FLAT", {"nlist": 1024}, lambda k: {"nprobe": 128}),
 }
 _FIELD_TYPES = {
     FieldType.STRING: DataType.VARCHAR,
@@ -578,10 +580,6 @@ class MilvusGalleryStore:
 
     def create(self, name: str, settings: CollectionSettings) -> MilvusCollection:
         validate_collection_name(name)
-        if settings.ann not in _ANN_INDEXES:
-            raise InvalidArgument(
-                f"settings.ann {settings.ann[:64]!r} is unknown: empty (exact), hnsw or ivf"
-            )
         rows = self._catalog_rows(name)
         if "manifest" not in rows:
             presets = [(p.gamma, p.caption_features_renormalized) for p in PRESETS.values()]
@@ -597,7 +595,7 @@ class MilvusGalleryStore:
         existing = self._read_meta(name)
         if existing.settings != settings:
             raise FailedPrecondition(
-                f"collection {name!r} already exists with settings {asdict(existing.settings)}; "
+                f"collection {name!r} already exists with settings {settings_to_dict(existing.settings)}; "
                 "delete it first or use another name"
             )
         return MilvusCollection(self, existing)

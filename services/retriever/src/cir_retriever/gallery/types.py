@@ -6,12 +6,17 @@ strategies' output and the gRPC layer converts them to and from messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import asdict, dataclass, field
+from enum import Enum, StrEnum
+from typing import TypeVar
 
 import numpy as np
 
+from cir_common.errors import InvalidArgument
+from cir_common.vocabulary import DecodingVariant, Preprocessing
 from cir_retriever.fusion import ScoreFunction
+
+E = TypeVar("E", bound=StrEnum)
 
 # --- collections ----------------------------------------------------------------------------------------
 
@@ -31,15 +36,54 @@ class FilterableField:
     type: FieldType
 
 
+class AnnIndex(StrEnum):
+    """Approximate search a collection may ask for; EXACT (empty, the default) searches exactly."""
+
+    EXACT = ""
+    HNSW = "hnsw"
+    IVF = "ivf"
+
+
+# Most captions per image a collection may ask for.
+MAX_NUM_CAPTIONS = 64
+
+
 @dataclass
 class CollectionSettings:
+    """A collection's settings. Choices given as strings (a request, a stored manifest) become their enums;
+    an unknown one is the caller's error. None (or "") for a choice, and 0 for num_captions, leave it to the
+    server's default (`Retriever.with_defaults`)."""
+
     num_captions: int = 15
-    decoding_variant: str = "beam_sample"
-    preprocessing: str = "targetpad"
+    decoding_variant: DecodingVariant | None = DecodingVariant.BEAM_SAMPLE
+    preprocessing: Preprocessing | None = Preprocessing.TARGETPAD
     # Metadata keys a search may filter on, with their types; fixed at creation.
     filterable_fields: tuple[FilterableField, ...] = ()
-    # Approximate search for this collection: "" (exact, the default), "hnsw" or "ivf".
-    ann: str = ""
+    # Approximate search for this collection (exact by default).
+    ann: AnnIndex = AnnIndex.EXACT
+
+    def __post_init__(self) -> None:
+        self.decoding_variant = _choice("decoding_variant", self.decoding_variant, DecodingVariant)
+        self.preprocessing = _choice("preprocessing", self.preprocessing, Preprocessing)
+        try:
+            self.ann = AnnIndex(self.ann)
+        except ValueError:
+            raise InvalidArgument(
+                f"settings.ann {str(self.ann)[:64]!r} is unknown: leave it empty (exact search) or use "
+                f"{' or '.join(m.value for m in AnnIndex if m)}"
+            ) from None
+
+
+def _choice(name: str, value: str | None, choices: type[E]) -> E | None:
+    """`value` as one of `choices`; None for an empty one (the server's default)."""
+    if not value:
+        return None
+    try:
+        return choices(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"settings.{name} {str(value)[:64]!r} is unknown: {' or '.join(m.value for m in choices)}"
+        ) from None
 
 
 @dataclass
@@ -156,6 +200,15 @@ class Hit:
     score: float
     uri: str
     metadata: dict[str, str]
+
+
+def settings_to_dict(settings: CollectionSettings) -> dict:
+    """CollectionSettings as plain values (choices as their strings): what a message shows of them."""
+    return asdict(settings, dict_factory=lambda items: {k: _plain(v) for k, v in items})
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Enum) else value
 
 
 def settings_from_dict(data: dict) -> CollectionSettings:

@@ -1,14 +1,18 @@
 """`cir models tiny`: build the pack of tiny random models and the profile that points the services at it.
 
 One builder per model family sits beside this module (`tiny_encoder`, `tiny_captioner`, `tiny_reasoner`);
-this module only calls them and writes `profile.toml`. The builders are imported when called: they need
-torch, and `cir --help` must not.
+this module only calls them and writes `profile.toml`, which every service's settings class then reads
+(`cir_tools.profiles.check_profile`): a key no service knows fails the build, not a service's start. The
+builders are imported when called: they need torch, and `cir --help` must not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+
+from cir_common.vocabulary import CAPTIONER, ENCODER, REASONER, RETRIEVER
+from cir_tools.profiles import check_profile
 
 PROFILE_NAME = "profile.toml"
 PROFILE_HEADER = "# Tiny random models: the wiring is real, the weights are random (rankings mean nothing).\n"
@@ -31,17 +35,17 @@ def build_tiny_pack(out_dir: Path, echo: Callable[[str], None] | None = print) -
     llm_dir = reasoner.build_tiny_llm(out_dir / "reasoner" / "llm-tiny", seed=TINY_SEED)
 
     profile: dict[str, dict[str, str | int | bool]] = {
-        "encoder": {
+        ENCODER.profile_section: {
             "clip_model": encoder.TINY_CLIP_NAME,
             "clip_pretrained": str(encoder_files.checkpoint),
             "clip_config_dir": str(encoder_files.config_dir),
             "default_mapping_network": "lincir",
         },
-        "encoder.mapping_networks": {
+        f"{ENCODER.profile_section}.mapping_networks": {
             name: str(path) for name, path in encoder_files.mapping_networks.items()
         },
-        "captioner": {"model": str(blip2_dir)},
-        "reasoner": {
+        CAPTIONER.profile_section: {"model": str(blip2_dir)},
+        REASONER.profile_section: {
             "backend": "vllm",
             "model": str(llm_dir),
             "max_model_len": int(reasoner.TINY_LLM_CONTEXT),
@@ -49,7 +53,7 @@ def build_tiny_pack(out_dir: Path, echo: Callable[[str], None] | None = print) -
             # torch.compile unless eager, which took over 300 s to start on a loaded 2-core machine.
             "enforce_eager": True,
         },
-        "retriever": {
+        RETRIEVER.profile_section: {
             # On a few CPU cores the captioner and the LLM finish searches fastest one at a time; admitting
             # more only stretches every search past its deadline (bench/overload_bench.py).
             "max_concurrent_generative_searches": 1,
@@ -58,6 +62,7 @@ def build_tiny_pack(out_dir: Path, echo: Callable[[str], None] | None = print) -
     }
     profile_path = out_dir / PROFILE_NAME
     profile_path.write_text(PROFILE_HEADER + render_toml(profile), encoding="utf-8")
+    check_profile(profile_path)  # ConfigError: a key or value some service refuses
     if echo is not None:
         for line in describe_files(out_dir):
             echo(line)

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from cir_tools.packs.common import CLIP_MEAN, CLIP_STD, random_model, special_token_ids
 from cir_tools.packs.tokenizer import IMAGE, synthetic_captions, train_bpe_tokenizer
 
 TINY_BLIP2_IMAGE_SIZE = 32
 TINY_BLIP2_QUERY_TOKENS = 8
 _TOKENIZER_VOCAB = 1000
 _CAPTIONS = 2000
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def build_tiny_blip2(out_dir: Path, seed: int = 0) -> Path:
@@ -63,9 +60,7 @@ def build_tiny_blip2(out_dir: Path, seed: int = 0) -> Path:
         ffn_dim=64,
         num_attention_heads=2,
         max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **special_token_ids(tokenizer),
     )
     config = Blip2Config(
         vision_config=vision.to_dict(),
@@ -74,16 +69,15 @@ def build_tiny_blip2(out_dir: Path, seed: int = 0) -> Path:
         num_query_tokens=TINY_BLIP2_QUERY_TOKENS,
         image_token_index=image_token_id,
     )
-    torch.manual_seed(seed)
-    model = Blip2ForConditionalGeneration(config)
+    model = random_model(Blip2ForConditionalGeneration, config, seed)
     # A random OPT rarely emits EOS; cap new tokens so `generate` with defaults stays short.
     model.generation_config.max_new_tokens = 20
     model.save_pretrained(str(out_dir))
 
     image_processor = BlipImageProcessor(
         size={"height": TINY_BLIP2_IMAGE_SIZE, "width": TINY_BLIP2_IMAGE_SIZE},
-        image_mean=_CLIP_MEAN,
-        image_std=_CLIP_STD,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
     )
     processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=TINY_BLIP2_QUERY_TOKENS)
     processor.save_pretrained(str(out_dir))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from cir_encoder.phi import Phi, Pic2WordMapping
+from cir_tools.packs.common import CLIP_MEAN, CLIP_STD
 
 TINY_CLIP_NAME = "cir-tiny-clip"
 TINY_EMBED_DIM = 32
@@ -24,9 +25,6 @@ CLIP_CHECKPOINT_NAME = "open_clip_model.safetensors"
 PHI_CHECKPOINT_NAME = "phi-lincir-tiny.pt"
 SEARLE_CHECKPOINT_NAME = "phi-searle-tiny.pt"
 PIC2WORD_CHECKPOINT_NAME = "pic2word-tiny.pt"
-# OpenAI CLIP normalisation, which the real checkpoints use too.
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,8 @@ def build_tiny_encoder(out_dir: Path, seed: int = 0) -> TinyEncoderFiles:
     local_dir_config = {
         "model_cfg": config,
         "preprocess_cfg": {
-            "mean": list(_CLIP_MEAN),
-            "std": list(_CLIP_STD),
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
             "interpolation": "bicubic",
             "resize_mode": "shortest",
         },

@@ -1,8 +1,8 @@
 """The reasoner's part of the tiny model pack: a random Llama with a trained tokenizer and a chat template.
 
 Sized for the real prompts rather than for speed: the edit prompts run to ~1.5k tokens with a real LLM
-tokenizer, so the context is 8192 positions and the tokenizer is trained on the prompt templates
-themselves (when the package ships them) plus captions and instruction-like English, so that those
+tokenizer, so the context is 8192 positions and the tokenizer is trained on the reasoner's prompt templates
+themselves plus captions and instruction-like English, so that those
 prompts do not explode into single bytes. head_dim is 32 because vLLM's CPU attention rejects 16 on AVX2.
 """
 
@@ -19,6 +19,7 @@ from types import ModuleType
 
 import torch
 
+from cir_tools.packs.common import random_model, special_token_ids
 from cir_tools.packs.tokenizer import synthetic_captions, train_bpe_tokenizer
 
 TINY_LLM_CONTEXT = 8192
@@ -137,11 +138,19 @@ def _module_docstrings(module: ModuleType) -> list[str]:
 
 
 def template_texts(templates_dir: Path | None = None) -> list[str]:
-    """The text of the reasoner's prompt template files (*.toml, *.txt), when the package ships any."""
-    folder = templates_dir if templates_dir is not None else Path(__file__).parent / "templates"
-    if not folder.is_dir():
-        return []
-    files = sorted(itertools.chain(folder.glob("*.toml"), folder.glob("*.txt")))
+    """The text of prompt template files (*.toml, *.txt): the reasoner's shipped ones by default.
+
+    `templates_dir` names another folder (a missing one has none: tests build a tokenizer without)."""
+    if templates_dir is None:
+        from cir_reasoner.templates import builtin_template_files
+
+        files = builtin_template_files()
+        if not files:  # the tokenizer would split every prompt into bytes: never build that silently
+            raise RuntimeError("cir_reasoner ships no prompt templates; the installed package is incomplete")
+    elif templates_dir.is_dir():
+        files = sorted(itertools.chain(templates_dir.glob("*.toml"), templates_dir.glob("*.txt")))
+    else:
+        files = []
     return [path.read_text(encoding="utf-8") for path in files]
 
 
@@ -172,14 +181,11 @@ def build_tiny_llm(out_dir: Path, seed: int = 0, templates_dir: Path | None = No
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=TINY_LLM_CONTEXT,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        **special_token_ids(tokenizer),
     )
-    torch.manual_seed(seed)
     # bfloat16 on disk like published LLMs: vLLM then loads it as is instead of downcasting float32.
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = random_model(LlamaForCausalLM, config, seed).to(torch.bfloat16)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
