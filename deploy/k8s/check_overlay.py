@@ -23,7 +23,9 @@ from pathlib import Path
 import yaml
 
 from cir_common.config import load_settings
-from cir_tools.local_suite import DEFAULT_PORTS as SERVICES  # service -> its default port
+from cir_common.vocabulary import SERVICES as IDENTITIES
+
+SERVICES = {str(service): identity.default_port for service, identity in IDENTITIES.items()}  # name -> port
 
 GPU_SERVICES = {"encoder", "captioner", "reasoner"}
 GPU_OVERLAYS = {"gpu-prod"}  # overlays whose model services get one GPU each

@@ -22,7 +22,8 @@ from cir.captioner.v1 import captioner_pb2
 from cir.encoder.v1 import encoder_pb2
 from cir.reasoner.v1 import reasoner_pb2
 from cir.retriever.v1 import retriever_pb2
-from cir_tools.local_suite import SERVICES, LocalSuite
+from cir_common.vocabulary import SERVICES, Service
+from cir_tools.local_suite import LocalSuite
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,7 @@ def suite(tiny_pack, tmp_path_factory):
         profile=tiny_pack,
         workdir=workdir,
         # file:// URIs are allowed under one folder, so the fuzzer's path-like URIs meet the real check.
-        extra_env={f"{prefix}IMAGE_URI_ROOTS": str(image_root) for _, _, prefix in SERVICES.values()},
+        extra_env={f"{ids.env_prefix}IMAGE_URI_ROOTS": str(image_root) for ids in SERVICES.values()},
     )
     suite.start(timeout_s=400)
     yield suite
@@ -84,7 +85,7 @@ def suite(tiny_pack, tmp_path_factory):
 
 
 def _serving(suite: LocalSuite, name: str) -> bool:
-    _, grpc_name, _ = SERVICES[name]
+    grpc_name = SERVICES[Service(name)].grpc_name
     with grpc.insecure_channel(suite.processes[name].address) as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=grpc_name), timeout=30

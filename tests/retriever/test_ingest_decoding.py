@@ -82,3 +82,29 @@ def test_ingest_decodes_off_the_event_loop_and_keeps_per_item_outcomes(retriever
     for image_id in ("good", "large"):  # valid: they reached the (absent) model services, each on its own
         assert items[image_id].status == retriever_pb2.ITEM_STATUS_FAILED
         assert items[image_id].error_code == "UNAVAILABLE", items[image_id]
+
+
+def test_a_collection_created_by_its_first_ingest_gets_the_servers_defaults(tmp_path):
+    down = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    settings = RetrieverSettings(
+        store_dir=str(tmp_path / "collections"),
+        encoder_address=down[0],
+        captioner_address=down[1],
+        reasoner_address=down[2],
+        default_num_captions=3,
+        default_decoding_variant="nucleus",  # type: ignore[arg-type]
+        default_preprocessing="model_default",  # type: ignore[arg-type]
+    )
+    running = start_retriever(settings)
+    try:
+        request = retriever_pb2.IngestImagesRequest(
+            collection="implicit",
+            image=retriever_pb2.GalleryImage(id="a", image=common_pb2.Image(data=_png((32, 32)))),
+        )
+        list(running.stub.IngestImages(iter([request]), timeout=60))  # the item fails: no model service
+        info = running.stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(collection="implicit"))
+    finally:
+        running.stop()
+    assert info.settings.num_captions == 3
+    assert info.settings.decoding_variant == "nucleus"
+    assert info.settings.preprocessing == "model_default"

@@ -17,14 +17,10 @@ from cir_captioner.decoding import DecodingOverrides, DecodingParams
 from cir_captioner.settings import CaptionerSettings
 from cir_common.cache import Cache
 from cir_common.errors import InvalidArgument
+from cir_common.proto_enums import DECODING_TO_PROTO
 from cir_common.service_kit import image_reader
-from cir_common.vocabulary import DecodingVariant
 
-_VARIANT_FROM_PROTO = {
-    captioner_pb2.DECODING_VARIANT_NUCLEUS: DecodingVariant.NUCLEUS,
-    captioner_pb2.DECODING_VARIANT_BEAM_SAMPLE: DecodingVariant.BEAM_SAMPLE,
-}
-_VARIANT_TO_PROTO = {variant: value for value, variant in _VARIANT_FROM_PROTO.items()}
+_VARIANT_FROM_PROTO = {value: variant for variant, value in DECODING_TO_PROTO.items()}
 # The proto's optional fields, named as in DecodingOverrides.
 _OPTIONAL = tuple(f.name for f in dataclasses.fields(DecodingOverrides) if f.name != "variant")
 
@@ -54,7 +50,7 @@ def overrides_from_proto(message: captioner_pb2.DecodingParameters) -> DecodingO
 def params_to_proto(params: DecodingParams) -> captioner_pb2.DecodingParameters:
     """Every parameter as it runs; the length field the variant does not use stays unset."""
     message = captioner_pb2.DecodingParameters(
-        variant=_VARIANT_TO_PROTO[params.variant],
+        variant=DECODING_TO_PROTO[params.variant],
         top_p=params.top_p,
         temperature=params.temperature,
         num_beams=params.num_beams,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from cir_common.errors import ConfigError
-from cir_common.vocabulary import PROFILE_ENV
+from cir_common.vocabulary import PROFILE_ENV, LogFormat
 
 MIB = 1024 * 1024
 
@@ -53,8 +53,22 @@ class ServiceSettings:
     # Close client connections after this long (0 = never) so clients re-resolve and reach new replicas.
     max_connection_age_s: float = 0.0
     log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+    # gRPC server reflection (grpcurl list / describe); off hides the API's shape from unknown callers.
+    reflection: bool = True
+    # Prometheus metrics over HTTP on this port (GET /metrics); 0 = off.
+    metrics_port: int = 0
+    # TLS for the gRPC port: the server's certificate chain and key (PEM; both or neither). Re-read when the
+    # files change, without a restart. With tls_client_ca_file too, callers must present a certificate that
+    # CA signed (mTLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     # Redis URL of the shared cache; empty = an in-process LRU of cache_memory_bytes.
     cache_url: str = ""
+    # CA (PEM) that signed the Redis server's certificate, for a rediss:// cache_url with a private CA; empty
+    # = the system's CAs.
+    cache_tls_ca_file: str = ""
     cache_memory_bytes: int = 256 * MIB
     max_image_bytes: int = 32 * MIB
     # Decompression-bomb guard: largest width * height accepted.
@@ -134,6 +148,20 @@ class ServiceSettings:
         self.require_positive(
             "max_message_bytes", "max_image_bytes", "max_image_pixels", "max_decoded_image_bytes"
         )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"{self.variable('metrics_port')}={self.metrics_port} is not a TCP port (0 = off)"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                f"{self.variable('tls_cert_file')} and {self.variable('tls_key_file')} go together: set both "
+                "(TLS) or neither (plaintext)"
+            )
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(
+                f"{self.variable('tls_client_ca_file')} (mTLS) needs TLS: set "
+                f"{self.variable('tls_cert_file')} and {self.variable('tls_key_file')} too"
+            )
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

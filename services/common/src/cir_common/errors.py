@@ -52,6 +52,18 @@ class DeadlineExceeded(CirError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unauthenticated(CirError):
+    """No credential, or one the server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CirError):
+    """A known caller asking for something its role does not allow."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ConfigError(CirError):
     """Bad configuration found at start-up; not raised while serving."""
 

@@ -5,9 +5,11 @@ ready), server reflection, message-size limits from config, one interceptor that
 every RPC a request id, maps internal errors to status codes and reports server time, and
 a graceful shutdown that turns health to NOT_SERVING before draining in-flight calls.
 
-The interceptor also answers undecodable request messages with INVALID_ARGUMENT, and admits
-calls through a bounded gate (max_concurrent_rpcs running, max_queued_rpcs waiting, the rest
-RESOURCE_EXHAUSTED at once with a retry hint); health and reflection pass around all of it.
+The interceptor also answers undecodable request messages with INVALID_ARGUMENT, asks the
+service's `authorize` hook (API keys) before anything else, admits calls through a bounded gate
+(max_concurrent_rpcs running, max_queued_rpcs waiting, the rest RESOURCE_EXHAUSTED at once with a
+retry hint), and reports every finished call to `cir_common.telemetry`; health and reflection pass
+around all of it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import inspect
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,13 +39,18 @@ from cir_common.request_context import (
     current_request_id,
     reset_request_id,
 )
+from cir_common.telemetry import TELEMETRY
 
 log = logging.getLogger(__name__)
 
 SERVER_TIME_HEADER = "x-cir-server-ms"
 
-# RPCs that must answer while the model is still loading.
+# RPCs that must answer while the model is still loading, and that no credential guards.
 _ALWAYS_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+# Decides whether a call may run: (full method name, the call's metadata) -> None, or raises a CirError
+# (Unauthenticated, PermissionDenied, ResourceExhausted for a rate limit) that becomes its status.
+Authorizer = Callable[[str, Mapping[str, str]], None]
 
 
 class _ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -129,6 +136,8 @@ def _wrap_handler(
     async def before(context: grpc.aio.ServicerContext, request_or_iterator: Any) -> Any:
         # Set now so that an aborted call carries its request id too.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, current_request_id()),))
+        if host.authorize is not None:
+            host.authorize(method, dict(context.invocation_metadata() or ()))
         if not host.ready:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -155,27 +164,33 @@ def _wrap_handler(
         context.set_trailing_metadata(tuple(trailers))
         await context.abort(code, message)
 
-    def finish(context: grpc.aio.ServicerContext, started: float) -> None:
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
+    def finish(context: grpc.aio.ServicerContext, started: float, cancelled: bool = False) -> None:
+        elapsed_s = time.perf_counter() - started
         context.set_trailing_metadata(
-            ((REQUEST_ID_HEADER, current_request_id()), (SERVER_TIME_HEADER, f"{elapsed_ms:.3f}"))
+            ((REQUEST_ID_HEADER, current_request_id()), (SERVER_TIME_HEADER, f"{elapsed_s * 1000.0:.3f}"))
         )
-        log.debug("%s done in %.1f ms", method, elapsed_ms)
+        code = grpc.StatusCode.CANCELLED if cancelled else (context.code() or grpc.StatusCode.OK)
+        TELEMETRY.rpc_done(method, code, elapsed_s)
+        log.debug("%s done in %.1f ms", method, elapsed_s * 1000.0)
 
     def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             token = bind_request_id(request_id)
             started = time.perf_counter()
+            cancelled = False
             try:
                 request = await before(context, request_or_iterator)
                 async with host.admission.admit(context.time_remaining, timed=timed):
                     return await behavior(request, context)
-            except (grpc.aio.AbortError, asyncio.CancelledError):
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            except grpc.aio.AbortError:
                 raise
             except Exception as error:  # noqa: BLE001 - every error becomes a status
                 await fail(context, error)
             finally:
-                finish(context, started)
+                finish(context, started, cancelled)
                 reset_request_id(token)
 
         return wrapped
@@ -184,6 +199,7 @@ def _wrap_handler(
         async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             token = bind_request_id(request_id)
             started = time.perf_counter()
+            cancelled = False
             try:
                 request = await before(context, request_or_iterator)
                 async with host.admission.admit(context.time_remaining, timed=timed):
@@ -193,12 +209,15 @@ def _wrap_handler(
                             yield item
                     else:
                         await result
-            except (grpc.aio.AbortError, asyncio.CancelledError):
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            except grpc.aio.AbortError:
                 raise
             except Exception as error:  # noqa: BLE001
                 await fail(context, error)
             finally:
-                finish(context, started)
+                finish(context, started, cancelled)
                 reset_request_id(token)
 
         return wrapped
@@ -219,10 +238,17 @@ def _wrap_handler(
 class ServiceHost:
     """Owns the grpc.aio server of one service process."""
 
-    def __init__(self, service_names: Sequence[str], settings: ServiceSettings, display_name: str) -> None:
+    def __init__(
+        self,
+        service_names: Sequence[str],
+        settings: ServiceSettings,
+        display_name: str,
+        authorize: Authorizer | None = None,
+    ) -> None:
         self.service_names = tuple(service_names)
         self.settings = settings
         self.display_name = display_name
+        self.authorize = authorize
         self.ready = False
         self.port: int | None = None
         limit = settings.max_message_bytes
@@ -245,12 +271,15 @@ class ServiceHost:
         self.admission = AdmissionGate(
             settings.max_concurrent_rpcs, settings.max_queued_rpcs, service=display_name
         )
-        self.server = grpc.aio.server(interceptors=[_ServiceInterceptor(self)], options=options)
+        self.server = grpc.aio.server(
+            interceptors=[*TELEMETRY.server_interceptors, _ServiceInterceptor(self)], options=options
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            )
         self._stopping = False
         self._stopped = asyncio.Event()
         # What health reports after loading: a backend check may turn it off and on again.

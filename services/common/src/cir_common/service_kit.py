@@ -6,11 +6,12 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cir.common.v1 import common_pb2
+from cir_common import operations
 from cir_common.admission import to_thread_to_completion
 from cir_common.config import ServiceSettings
 from cir_common.errors import ConfigError, InvalidArgument, ResourceExhausted
@@ -22,8 +23,8 @@ from cir_common.images import (
     probe_image,
     resolve_image_source,
 )
-from cir_common.request_context import configure_logging
 from cir_common.server import ServiceHost
+from cir_common.telemetry import TELEMETRY
 
 
 def require_items(items: Sequence[Any], field: str, limit: int, setting: str) -> None:
@@ -130,13 +131,17 @@ class StageTimer:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._stages.append((name, (time.perf_counter() - started) * 1000.0))
+        with ExitStack() as scopes:  # tracing spans, when installed (cir_common.telemetry)
+            for scope in TELEMETRY.stage_scopes:
+                scopes.enter_context(scope(name))
+            try:
+                yield
+            finally:
+                self.record(name, (time.perf_counter() - started) * 1000.0)
 
     def record(self, name: str, milliseconds: float) -> None:
         self._stages.append((name, milliseconds))
+        TELEMETRY.stage_done(name, milliseconds / 1000.0)
 
     def as_protos(self) -> list[common_pb2.StageTiming]:
         return [common_pb2.StageTiming(stage=name, milliseconds=ms) for name, ms in self._stages]
@@ -176,7 +181,7 @@ def run_service(
     except ConfigError as error:
         print(f"{display_name}: configuration error: {error.message}", file=sys.stderr)
         return 2
-    configure_logging(display_name, settings.log_level)
+    operations.install(settings, display_name)
 
     async def main() -> None:
         host = ServiceHost([service_name], settings, display_name)

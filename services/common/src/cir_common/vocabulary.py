@@ -140,3 +140,10 @@ class Precision(StrEnum):
 
 
 _TORCH_PRECISION_NAMES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16"}
+
+
+class LogFormat(StrEnum):
+    """How a service writes its log lines."""
+
+    TEXT = "text"  # one human-readable line per record
+    JSON = "json"  # one JSON object per line (request id, trace id), for log pipelines

@@ -10,17 +10,13 @@ import numpy as np
 from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir_common.cache import Cache
+from cir_common.proto_enums import PREPROCESSING_TO_PROTO
 from cir_common.service_kit import image_reader
 from cir_common.vectors import vector_from_proto, vector_to_proto
-from cir_common.vocabulary import Preprocessing
 from cir_encoder.core import ComposedPrompt, Encoder, ModelIdentity, ReadEmbedding
 from cir_encoder.settings import EncoderSettings
 
-_PREPROCESSING_FROM_PROTO = {
-    encoder_pb2.PREPROCESSING_TARGETPAD: Preprocessing.TARGETPAD,
-    encoder_pb2.PREPROCESSING_MODEL_DEFAULT: Preprocessing.MODEL_DEFAULT,
-}
-_PREPROCESSING_TO_PROTO = {name: value for value, name in _PREPROCESSING_FROM_PROTO.items()}
+_PREPROCESSING_FROM_PROTO = {value: name for name, value in PREPROCESSING_TO_PROTO.items()}
 
 
 def _preprocessing_from_proto(value: int) -> str | None:
@@ -77,7 +73,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         return encoder_pb2.EmbedImagesResponse(
             embeddings=_vectors_to_proto(result.vectors, request.vector_format),
             model=_identity_to_proto(result.model),
-            preprocessing=_PREPROCESSING_TO_PROTO[result.preprocessing],
+            preprocessing=PREPROCESSING_TO_PROTO[result.preprocessing],
             normalized=result.normalized,
             cache_hits=result.cache_hits,
             timings=result.timer.as_protos(),
@@ -140,7 +136,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             text_width=info.text_width,
             context_length=info.context_length,
             placeholder_token_id=info.placeholder_token_id,
-            default_preprocessing=_PREPROCESSING_TO_PROTO[info.default_preprocessing],
+            default_preprocessing=PREPROCESSING_TO_PROTO[info.default_preprocessing],
             target_pad_ratio=info.target_pad_ratio,
             image_size=info.image_size,
             mapping_networks=[

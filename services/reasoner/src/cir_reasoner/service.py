@@ -5,14 +5,12 @@ Errors raised by the core are `cir_common.errors` types; the server's intercepto
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from cir.common.v1 import common_pb2
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir_common.cache import Cache
-from cir_common.errors import InvalidArgument
-from cir_common.vocabulary import CaptionSelection, EditMode
+from cir_common.proto_enums import CAPTION_SELECTION_TO_PROTO, EDIT_MODE_TO_PROTO, from_proto, to_proto
 from cir_reasoner.core import (
     Query,
     ReasonedAnswer,
@@ -32,25 +30,7 @@ _OUTCOMES = {
     Outcome.FALLBACK_EMPTY: reasoner_pb2.PARSE_OUTCOME_FALLBACK_EMPTY,
     Outcome.FALLBACK_ERROR: reasoner_pb2.PARSE_OUTCOME_FALLBACK_ERROR,
 }
-_TASKS = {
-    TemplateTask.EDIT: reasoner_pb2.TEMPLATE_TASK_EDIT,
-    TemplateTask.OBJECTS_ADDED: reasoner_pb2.TEMPLATE_TASK_OBJECTS_ADDED,
-}
-# UNSPECIFIED is None: the core applies its default.
-_EDIT_MODES: dict[int, EditMode | None] = {
-    common_pb2.EDIT_MODE_UNSPECIFIED: None,
-    common_pb2.EDIT_MODE_PER_CAPTION: EditMode.PER_CAPTION,
-    common_pb2.EDIT_MODE_JOINED: EditMode.JOINED,
-}
-_CAPTION_SELECTIONS: dict[int, CaptionSelection | None] = {
-    common_pb2.CAPTION_SELECTION_UNSPECIFIED: None,
-    common_pb2.CAPTION_SELECTION_FIRST: CaptionSelection.FIRST,
-    common_pb2.CAPTION_SELECTION_ALL_JOINED: CaptionSelection.ALL_JOINED,
-}
-_EDIT_MODE_PROTOS = {mode: value for value, mode in _EDIT_MODES.items() if mode is not None}
-_CAPTION_SELECTION_PROTOS = {
-    selection: value for value, selection in _CAPTION_SELECTIONS.items() if selection is not None
-}
+_TASKS = to_proto(TemplateTask, reasoner_pb2.TemplateTask)
 
 
 class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
@@ -82,10 +62,10 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
         self, request: reasoner_pb2.EditCaptionsRequest, context: Any
     ) -> reasoner_pb2.EditCaptionsResponse:
         query = self._query(request, context)
-        result = await self.core.edit_captions(query, _known(request.mode, _EDIT_MODES, "mode"))
+        result = await self.core.edit_captions(query, from_proto(request.mode, EDIT_MODE_TO_PROTO, "mode"))
         return reasoner_pb2.EditCaptionsResponse(
             edits=[_reasoned_text(edit) for edit in result.reasoning.answers],
-            mode=_EDIT_MODE_PROTOS[result.mode],
+            mode=EDIT_MODE_TO_PROTO[result.mode],
             **_shared_fields(result.reasoning),
         )
 
@@ -93,11 +73,11 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
         self, request: reasoner_pb2.InferAddedObjectsRequest, context: Any
     ) -> reasoner_pb2.InferAddedObjectsResponse:
         query = self._query(request, context)
-        selection = _known(request.caption_selection, _CAPTION_SELECTIONS, "caption_selection")
+        selection = from_proto(request.caption_selection, CAPTION_SELECTION_TO_PROTO, "caption_selection")
         result = await self.core.infer_added_objects(query, selection)
         return reasoner_pb2.InferAddedObjectsResponse(
             objects=_reasoned_text(result.objects),
-            caption_selection=_CAPTION_SELECTION_PROTOS[result.selection],
+            caption_selection=CAPTION_SELECTION_TO_PROTO[result.selection],
             **_shared_fields(result.reasoning),
         )
 
@@ -139,13 +119,6 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
             generations_in_flight=info.engine.in_flight if info.engine else None,
             generations_aborted=info.engine.aborted if info.engine else None,
         )
-
-
-def _known(value: int, table: Mapping[int, _T | None], field: str) -> _T | None:
-    """The core's value for a proto enum value; None for UNSPECIFIED."""
-    if value not in table:
-        raise InvalidArgument(f"unknown {field} value {value}")
-    return table[value]
 
 
 def _sampling(proto: reasoner_pb2.SamplingParameters) -> SamplingRequest:

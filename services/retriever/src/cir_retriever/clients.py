@@ -20,20 +20,20 @@ from cir.captioner.v1 import captioner_pb2, captioner_pb2_grpc
 from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
+from cir_common.channels import open_channel
 from cir_common.errors import CirError, DeadlineExceeded
+from cir_common.proto_enums import (
+    CAPTION_SELECTION_TO_PROTO,
+    DECODING_TO_PROTO,
+    EDIT_MODE_TO_PROTO,
+    PREPROCESSING_TO_PROTO,
+)
 from cir_common.request_context import RETRY_AFTER_HEADER, outgoing_metadata
 from cir_common.vectors import vector_from_proto, vector_to_proto
 from cir_common.vocabulary import CaptionSelection, DecodingVariant, EditMode, Preprocessing, Service
-from cir_retriever.proto_enums import to_proto
 
 T = TypeVar("T")
 PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32
-
-# The model services' values of the vocabulary's choices.
-PREPROCESSING_TO_PROTO = to_proto(Preprocessing, encoder_pb2.Preprocessing)
-DECODING_TO_PROTO = to_proto(DecodingVariant, captioner_pb2.DecodingVariant)
-EDIT_MODE_TO_PROTO = to_proto(EditMode, common_pb2.EditMode)
-CAPTION_SELECTION_TO_PROTO = to_proto(CaptionSelection, common_pb2.CaptionSelection)
 
 
 @dataclass(frozen=True)
@@ -286,19 +286,6 @@ class ReasonerClient(_Service):
         return _reasoned((await self._call(call, budget)).objects)
 
 
-def _channel(
-    address: str, max_message_bytes: int, interceptors: Sequence[grpc.aio.ClientInterceptor]
-) -> grpc.aio.Channel:
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        # Several replicas behind one DNS name: spread calls instead of pinning one connection.
-        ("grpc.lb_policy_name", "round_robin"),
-        ("grpc.enable_retries", 1),
-    ]
-    return grpc.aio.insecure_channel(address, options=options, interceptors=list(interceptors) or None)
-
-
 class ModelServices:
     """The three clients, on channels kept for the life of the retriever."""
 
@@ -312,7 +299,7 @@ class ModelServices:
     ) -> None:
         # `interceptors` see every model call (tracing, or a test counting what a search called).
         self._channels = [
-            _channel(a, max_message_bytes, interceptors) for a in (encoder, captioner, reasoner)
+            open_channel(a, max_message_bytes, interceptors) for a in (encoder, captioner, reasoner)
         ]
         self.encoder = EncoderClient(self._channels[0])
         self.captioner = CaptionerClient(self._channels[1])

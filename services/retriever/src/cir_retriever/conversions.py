@@ -15,8 +15,8 @@ import numpy as np
 from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2
 from cir_common.errors import InvalidArgument
+from cir_common.proto_enums import CAPTION_SELECTION_TO_PROTO, EDIT_MODE_TO_PROTO, from_proto, to_proto
 from cir_common.vectors import vector_from_proto, vector_to_proto
-from cir_retriever.clients import CAPTION_SELECTION_TO_PROTO, EDIT_MODE_TO_PROTO
 from cir_retriever.core import (
     CollectionInfo,
     ImportBatch,
@@ -46,7 +46,6 @@ from cir_retriever.gallery.types import (
 from cir_retriever.ingest import ItemOutcome, ItemStatus
 from cir_retriever.options import VariantChoices, WeightOverrides, resolve_options
 from cir_retriever.presets import Preset
-from cir_retriever.proto_enums import from_proto, to_proto
 from cir_retriever.strategies import Options, QueryInputs, StrategyName, WeiMoCirVariant
 
 PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32

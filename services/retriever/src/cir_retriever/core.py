@@ -418,7 +418,9 @@ class Retriever:
     async def _collection_for_ingest(self, name: str) -> Collection:
         if await asyncio.to_thread(self.store.exists, name):
             return await self.open(name)
-        return await asyncio.to_thread(self.store.create, name, self.with_defaults(CollectionSettings()))
+        # Nothing set, so every choice is the server's default_* (CollectionSettings() holds fixed values).
+        unset = CollectionSettings(num_captions=0, decoding_variant=None, preprocessing=None)
+        return await asyncio.to_thread(self.store.create, name, self.with_defaults(unset))
 
     async def _prepare_within_budget(
         self, item: IngestItem, manifest: Manifest

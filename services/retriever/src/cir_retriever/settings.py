@@ -35,6 +35,14 @@ class RetrieverSettings(ServiceSettings):
     encoder_address: str = ENCODER.default_address
     captioner_address: str = CAPTIONER.default_address
     reasoner_address: str = REASONER.default_address
+    # TLS to the three model services: the CA (PEM) that signed their certificates (set = TLS on), and this
+    # retriever's client certificate and key for mTLS (both or neither). Re-read when the files change.
+    downstream_tls_ca_file: str = ""
+    downstream_tls_cert_file: str = ""
+    downstream_tls_key_file: str = ""
+    # API keys of the public API (TOML: [[keys]] name, sha256 of the key, role search / write / admin, an
+    # optional rate limit); empty = no keys, every call allowed (development only).
+    api_keys_file: str = ""
     # Gallery store: "local" (SQLite + in-memory search, one replica) or "milvus" (stateless replicas).
     store_backend: StoreBackend = StoreBackend.LOCAL
     # local backend: store root (one folder per collection).
