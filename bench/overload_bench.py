@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import io
 import json
 import platform
 import random
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from PIL import Image
+from bench_images import random_gallery, random_png
 
 from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from cir_client.retriever import STRATEGIES, connect, index_folder
@@ -43,21 +42,6 @@ from cir_tools.packs.tiny import build_tiny_pack
 COLLECTION = "overload"
 RETRY_HINT_HEADERS = ("x-cir-retry-after-ms", "grpc-retry-pushback-ms")
 DEFAULT_RETRY_MS = 100.0
-
-
-def _png(rng: np.random.Generator, size: int = 64) -> bytes:
-    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _gallery(folder: Path, count: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(7)
-    for i in range(count):
-        (folder / f"g{i:03d}.png").write_bytes(_png(rng, 80))
-    return folder
 
 
 @dataclass
@@ -95,7 +79,7 @@ async def _caller(
             strategy=STRATEGIES[strategy],
             top_k=10,
         )
-        request.reference_image.data = _png(rng)
+        request.reference_image.data = random_png(rng)
         started = time.perf_counter()
         try:
             response = await stub.Search(request, timeout=deadline_s)
@@ -168,7 +152,7 @@ def bench_goodput(
     details: list[dict] = []
     try:
         stub = connect(suite.retriever_address)
-        index_folder(stub, COLLECTION, _gallery(workdir / "gallery", 32))
+        index_folder(stub, COLLECTION, random_gallery(workdir / "gallery", 32, seed=7))
         for strategy in strategies:
             # One untimed search first: the first call of each stage loads lazily.
             asyncio.run(_run(suite.retriever_address, strategy, 1, 0.1, deadlines[strategy] * 3))

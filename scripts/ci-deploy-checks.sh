@@ -10,7 +10,10 @@
 #                       backend, ...) and every service's settings as each pod would load them (the rendered
 #                       cir-env and profile ConfigMaps: no unknown key); the Milvus Helm values and custom
 #                       resource (deploy/milvus/check_milvus.py: cluster mode, auth, persistence, the Service the
-#                       retriever's URI names)
+#                       retriever's URI names); TLS (deploy/k8s/check_tls.py: the cert-manager Issuers and
+#                       Certificates, mounted Secrets, mTLS to the model services, exec probes, rediss:// cache);
+#                       metrics (deploy/k8s/check_metrics.py: the PodMonitor, the scraped ports, the HPAs' queue
+#                       metrics against deploy/prometheus-adapter/values.yaml, deploy/grafana/cir-suite.json)
 #   5. contracts        buf breaking against main (or $BUF_BREAKING_AGAINST), and against the contracts' first
 #                       version (v1 only grows)
 #   6. client stubs     scripts/gen-client-stubs.sh (Go, TypeScript, Java, into git-ignored folders); tsc on the
@@ -233,6 +236,11 @@ for overlay in deploy/k8s/overlays/*/; do
     echo "ok  $name validates against Kubernetes $version (strict)"
   done
   "$PY" deploy/k8s/check_overlay.py "$rendered" "$name" || fail "suite rules: overlay $name"
+  # cert-manager's kinds have no schema in kubernetes-validate (it only warns): the TLS rules check them offline.
+  "$PY" deploy/k8s/check_tls.py "$rendered" "$name" || fail "TLS rules: overlay $name"
+  # The PodMonitor (no schema either), the HPAs' custom metrics against the prometheus-adapter rules, the
+  # Grafana dashboard's queries: all against the metrics the services export.
+  "$PY" deploy/k8s/check_metrics.py "$rendered" "$name" || fail "metrics rules: overlay $name"
 done
 # Milvus (the retriever's milvus store) is installed by its own chart or operator: no schema for either here,
 # so the suite's rules for both, and the Kubernetes types inside them against the same versions.

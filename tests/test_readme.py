@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cir_captioner.settings import ENV_PREFIX as CAPTIONER_PREFIX
 from cir_captioner.settings import CaptionerSettings
+from cir_client.retriever import CLIENT_ENVIRONMENT
 from cir_common.config import ServiceSettings, settings_reference
 from cir_encoder.settings import ENV_PREFIX as ENCODER_PREFIX
 from cir_encoder.settings import EncoderSettings
@@ -43,5 +44,6 @@ def test_documented_settings_exist():
     real = {name for cls, prefix in SERVICES for name, _, _ in settings_reference(cls, prefix)}
     real |= {f"CIR_<SERVICE>_{suffix}" for suffix in COMMON}
     real |= {"CIR_PROFILE", "CIR_<SERVICE>_PROFILE", "CIR_<SERVICE>_<SETTING>"}
+    real |= set(CLIENT_ENVIRONMENT)  # read by the clients (cir, cir_client, clients/go, clients/node)
     stale = _documented_variables() - real
     assert not stale, f"README documents settings the code does not read: {sorted(stale)}"

@@ -10,10 +10,16 @@
 //
 //	bin/cir-search -address 127.0.0.1:50050 -collection demo -image samples/gallery/red-circle-dark.png \
 //	    -text "the same shape in blue" -top-k 5 [-json]
+//
+// Environment, as for the cir command and the Python client: CIR_API_KEY (sent as metadata
+// "authorization: Bearer <key>" when the retriever requires API keys), CIR_TLS_CA_FILE (TLS, trusting the CA in
+// that PEM file; unset = plaintext), CIR_TLS_CERT_FILE and CIR_TLS_KEY_FILE (a client certificate, for mTLS).
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io/ioutil"
@@ -22,6 +28,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -84,7 +91,7 @@ func main() {
 		target = "dns:///" + target
 	}
 	conn, err := grpc.Dial(target,
-		grpc.WithInsecure(),
+		transportCredentials(),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
 	)
@@ -95,6 +102,9 @@ func main() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	if key := strings.TrimSpace(os.Getenv("CIR_API_KEY")); key != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+	}
 	var trailer metadata.MD
 	response, err := retrieverv1.NewRetrieverServiceClient(conn).Search(ctx, request, grpc.Trailer(&trailer))
 	if err != nil {
@@ -118,6 +128,39 @@ func main() {
 	for _, d := range response.Degradations {
 		fmt.Printf("degraded: %s: %s (%s)\n", d.Stage, d.Reason, d.Effect)
 	}
+}
+
+// transportCredentials is TLS when CIR_TLS_CA_FILE names a CA (with CIR_TLS_CERT_FILE and CIR_TLS_KEY_FILE, a
+// client certificate for mTLS), plaintext otherwise.
+func transportCredentials() grpc.DialOption {
+	caFile := os.Getenv("CIR_TLS_CA_FILE")
+	certFile, keyFile := os.Getenv("CIR_TLS_CERT_FILE"), os.Getenv("CIR_TLS_KEY_FILE")
+	if (certFile == "") != (keyFile == "") {
+		fail("CIR_TLS_CERT_FILE and CIR_TLS_KEY_FILE go together: set both (mTLS) or neither")
+	}
+	if caFile == "" {
+		if certFile != "" {
+			fail("a client certificate needs TLS: set CIR_TLS_CA_FILE too")
+		}
+		return grpc.WithInsecure()
+	}
+	pem, err := ioutil.ReadFile(caFile)
+	if err != nil {
+		fail("CIR_TLS_CA_FILE: %v", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		fail("CIR_TLS_CA_FILE=%s: no PEM certificate in it", caFile)
+	}
+	config := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			fail("CIR_TLS_CERT_FILE / CIR_TLS_KEY_FILE: %v", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(config))
 }
 
 func first(values []string) string {

@@ -5,6 +5,10 @@
 //
 //   node search.js --address 127.0.0.1:50050 --collection demo \
 //       --image ../../samples/gallery/red-circle-dark.png --text "the same shape in blue" --top-k 5 [--json]
+//
+// Environment, as for the cir command and the Python client: CIR_API_KEY (sent as metadata
+// "authorization: Bearer <key>" when the retriever requires API keys), CIR_TLS_CA_FILE (TLS, trusting the CA in
+// that PEM file; unset = plaintext), CIR_TLS_CERT_FILE and CIR_TLS_KEY_FILE (a client certificate, for mTLS).
 'use strict';
 
 const fs = require('node:fs');
@@ -16,7 +20,8 @@ const protoLoader = require('@grpc/proto-loader');
 const MAX_MESSAGE_BYTES = 32 * 1024 * 1024;
 
 const USAGE = `usage: search.js --collection NAME --text TEXT (--image FILE | --reference-id ID)
-                 [--address HOST:PORT] [--strategy NAME] [--top-k N] [--timeout SECONDS] [--json] [--protos DIR]`;
+                 [--address HOST:PORT] [--strategy NAME] [--top-k N] [--timeout SECONDS] [--json] [--protos DIR]
+environment: CIR_API_KEY, CIR_TLS_CA_FILE, CIR_TLS_CERT_FILE + CIR_TLS_KEY_FILE (mTLS)`;
 
 function parse() {
   const { values } = parseArgs({
@@ -45,6 +50,42 @@ function parse() {
   return values;
 }
 
+function fail(message) {
+  console.error(`search.js: ${message}`);
+  process.exit(2);
+}
+
+// TLS when CIR_TLS_CA_FILE names a CA (with CIR_TLS_CERT_FILE and CIR_TLS_KEY_FILE, a client certificate for
+// mTLS), plaintext otherwise.
+function channelCredentials() {
+  const { CIR_TLS_CA_FILE: caFile, CIR_TLS_CERT_FILE: certFile, CIR_TLS_KEY_FILE: keyFile } = process.env;
+  if (!certFile !== !keyFile) fail('CIR_TLS_CERT_FILE and CIR_TLS_KEY_FILE go together: set both (mTLS) or neither');
+  if (!caFile) {
+    if (certFile) fail('a client certificate needs TLS: set CIR_TLS_CA_FILE too');
+    return grpc.credentials.createInsecure();
+  }
+  const read = (variable, file) => {
+    try {
+      return fs.readFileSync(file);
+    } catch (error) {
+      return fail(`${variable}=${file}: cannot read it: ${error.message}`);
+    }
+  };
+  return grpc.credentials.createSsl(
+    read('CIR_TLS_CA_FILE', caFile),
+    keyFile ? read('CIR_TLS_KEY_FILE', keyFile) : null,
+    certFile ? read('CIR_TLS_CERT_FILE', certFile) : null,
+  );
+}
+
+// The call's metadata: the API key (CIR_API_KEY) when one is set.
+function callMetadata() {
+  const metadata = new grpc.Metadata();
+  const key = (process.env.CIR_API_KEY || '').trim();
+  if (key) metadata.set('authorization', `Bearer ${key}`);
+  return metadata;
+}
+
 function retrieverClient(protosDir, address) {
   const definition = protoLoader.loadSync('cir/retriever/v1/retriever.proto', {
     includeDirs: [protosDir],
@@ -55,7 +96,7 @@ function retrieverClient(protosDir, address) {
     oneofs: true,
   });
   const { RetrieverService } = grpc.loadPackageDefinition(definition).cir.retriever.v1;
-  return new RetrieverService(address, grpc.credentials.createInsecure(), {
+  return new RetrieverService(address, channelCredentials(), {
     // A DNS name (e.g. a headless Kubernetes Service) resolves to every replica; round_robin spreads calls
     // over all of them, and the servers' max connection age makes the client re-resolve from time to time.
     'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
@@ -108,7 +149,7 @@ function main() {
       console.log(`degraded: ${d.stage}: ${d.reason} (${d.effect})`);
     }
   };
-  const call = client.Search(request, new grpc.Metadata(), { deadline }, (error, response) => {
+  const call = client.Search(request, callMetadata(), { deadline }, (error, response) => {
     outcome = [error, response];
     finish();
   });

@@ -9,12 +9,15 @@ env, and the cir-profile ConfigMap's profile.toml): an unknown or malformed sett
 The retriever's shape follows its store backend: local = one replica (HPA 1-1, Recreate, the ReadWriteOnce
 gallery volume); milvus = stateless replicas (HPA min >= 2, RollingUpdate with maxUnavailable 0, PDB
 minAvailable >= 1, no volume of its own, the token variable from a Secret, a liveness probe that does not
-follow Milvus, Milvus reachable through the network policies). Needs the suite installed (the four services'
+follow Milvus, Milvus reachable through the network policies). API keys (components/api-keys, required in
+API_KEYS_OVERLAYS): the keys file the setting names is mounted whole from a Secret, the rendered Secret's file
+loads as the retriever would load it, and reflection is off. Needs the suite installed (the four services'
 settings modules).
 """
 
 from __future__ import annotations
 
+import base64
 import importlib
 import sys
 import tempfile
@@ -33,6 +36,7 @@ GPU = "nvidia.com/gpu"
 # The retriever's store backend each overlay must run (an overlay not listed may run either).
 EXPECTED_BACKEND = {"cpu-dev": "local", "gpu-prod": "milvus"}
 MILVUS_PORT = 19530
+HEALTHCHECK = "/opt/cir/healthcheck.py"  # deploy/docker/healthcheck.py in every image
 
 
 def check(docs: list[dict], overlay: str) -> list[str]:
@@ -55,13 +59,20 @@ def check(docs: list[dict], overlay: str) -> list[str]:
             errors.append(
                 f"{name}: enableServiceLinks must be false (CIR_* link variables break the settings)"
             )
+        tls = bool({**env, **_container_env(container)}.get(f"CIR_{service.upper()}_TLS_CERT_FILE"))
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if (
                 probe == "livenessProbe"
                 and service == "retriever"
-                and _retriever_backend(env, container) == "milvus"
+                and (tls or _retriever_backend(env, container) == "milvus")
             ):
-                continue  # its own rule below: health follows Milvus, liveness must not
+                continue  # a TCP probe: health follows Milvus (rule below); TLS: check_tls.py's rule
+            if tls:
+                # kubelet's gRPC probe speaks plaintext only: the image's health check, over TLS.
+                command = container.get(probe, {}).get("exec", {}).get("command", [])
+                if "grpc" in container.get(probe, {}) or command[:3] != ["python", HEALTHCHECK, service]:
+                    errors.append(f"{name}: TLS port, {probe} must run python {HEALTHCHECK} {service}")
+                continue
             grpc_probe = container.get(probe, {}).get("grpc")
             if not grpc_probe or grpc_probe.get("port") != port:
                 errors.append(f"{name}: {probe} must be a native gRPC probe on {port}")
@@ -158,6 +169,7 @@ def _retriever_errors(
         errors += _milvus_connection_errors(by_kind, deployment, container, pod_env)
     else:
         errors.append(f"{name}: unknown store backend {backend!r}")
+    errors += _api_keys_errors(by_kind, pod, container, pod_env, overlay)
     return errors
 
 
@@ -190,6 +202,58 @@ def _milvus_connection_errors(
                 f"NetworkPolicy {policy_name} restricts the retriever's egress without TCP {MILVUS_PORT}"
             )
     return errors
+
+
+API_KEYS_OVERLAYS = {"gpu-prod"}  # overlays whose public API must require API keys (components/api-keys)
+
+
+def _api_keys_errors(
+    by_kind: dict[str, dict[str, dict]], pod: dict, container: dict, pod_env: dict[str, str], overlay: str
+) -> list[str]:
+    """The keys file (CIR_RETRIEVER_API_KEYS_FILE) comes whole from a Secret, and what it holds loads."""
+    from cir_common.errors import ConfigError
+    from cir_retriever.auth import parse_keys
+
+    name, setting = "cir-retriever", "CIR_RETRIEVER_API_KEYS_FILE"
+    path = pod_env.get(setting, "")
+    if not path:
+        if overlay in API_KEYS_OVERLAYS:
+            return [f"{name}: overlay {overlay} must require API keys: add components/api-keys ({setting})"]
+        return []
+    errors = []
+    reflection = pod_env.get("CIR_RETRIEVER_REFLECTION", "true").strip().lower()
+    if overlay in API_KEYS_OVERLAYS and reflection not in ("0", "false", "no", "off"):
+        errors.append(f"{name}: overlay {overlay} serves API keys, CIR_RETRIEVER_REFLECTION must be false")
+    folder, _, file_name = path.rpartition("/")
+    mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == folder), None)
+    if mount is None or "subPath" in mount:
+        # A subPath mount is never updated by kubelet: a revoked key would stay valid until a restart.
+        return [*errors, f"{name}: {setting}={path}: mount a Secret at {folder} (whole, no subPath)"]
+    volume = next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), {})
+    secret = volume.get("secret")
+    if secret is None or secret.get("optional"):
+        return [*errors, f"{name}: the volume at {folder} must be a Secret, not optional (no keys, no start)"]
+    items = secret.get("items")
+    key = next((i["key"] for i in items if i["path"] == file_name), None) if items else file_name
+    rendered = by_kind.get("Secret", {}).get(secret["secretName"])
+    text = _secret_text(rendered, key) if rendered is not None and key is not None else None
+    if key is None or (rendered is not None and text is None):
+        return [*errors, f"Secret {secret['secretName']}: no {file_name} in it ({setting}={path})"]
+    if text is None:
+        return errors  # a Secret created apart from the overlay (kubectl create secret): nothing to read
+    try:
+        parse_keys(text, source=f"Secret {secret['secretName']}, {file_name}")
+    except ConfigError as error:
+        errors.append(error.message)
+    return errors
+
+
+def _secret_text(secret: dict, key: str) -> str | None:
+    if key in secret.get("stringData", {}):
+        return secret["stringData"][key]
+    if key in secret.get("data", {}):
+        return base64.b64decode(secret["data"][key]).decode("utf-8")
+    return None
 
 
 def _selects(selector: dict, labels: dict[str, str]) -> bool:

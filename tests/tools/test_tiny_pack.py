@@ -43,12 +43,13 @@ def test_render_toml_escapes_strings_for_a_toml_reader() -> None:
     assert tomllib.loads(text) == {"a": {"path": awkward, "n": 7, "b": {"key with space": "x"}}}
 
 
-def test_render_toml_writes_booleans_and_refuses_values_it_cannot_write() -> None:
-    assert tomllib.loads(render_toml({"a": {"flag": True, "off": False}})) == {
-        "a": {"flag": True, "off": False}
+def test_render_toml_writes_booleans_and_floats_and_refuses_values_it_cannot_write() -> None:
+    assert tomllib.loads(render_toml({"a": {"flag": True, "off": False, "share": 0.45, "tiny": 1e-06}})) == {
+        "a": {"flag": True, "off": False, "share": 0.45, "tiny": 1e-06}
     }
-    with pytest.raises(TypeError):
-        render_toml({"a": {"ratio": 1.5}})
+    for value in (float("nan"), float("inf"), None, [1, 2]):
+        with pytest.raises(TypeError):
+            render_toml({"a": {"value": value}})  # type: ignore[dict-item]
 
 
 @pytest.fixture

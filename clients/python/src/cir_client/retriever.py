@@ -1,20 +1,27 @@
 """Client-side helpers for the retriever's public API: index a folder, run a search, print results.
 
-Used by the `cir index`, `cir search` and `cir demo` commands.
+Used by the `cir index`, `cir search`, `cir collections`, `cir eval` and `cir demo` commands. `connect` reads
+the caller's credentials from the environment: CIR_API_KEY (sent as `authorization: Bearer <key>` with every
+call), CIR_TLS_CA_FILE (TLS, trusting that CA), CIR_TLS_CERT_FILE and CIR_TLS_KEY_FILE (a client certificate
+for mTLS).
 """
 
 from __future__ import annotations
 
+import collections
+import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from cir.common.v1 import common_pb2
 from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from cir_common.vocabulary import API_KEY_ENV, TLS_CA_FILE_ENV, TLS_CERT_FILE_ENV, TLS_KEY_FILE_ENV
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -31,15 +38,121 @@ PRESETS = {
 }
 
 
-def connect(address: str) -> retriever_pb2_grpc.RetrieverServiceStub:
-    channel = grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ],
+# --- connecting: TLS and the API key ---------------------------------------------------------------------
+
+# The client's environment variables (not service settings): the README documents them under "API keys".
+CLIENT_ENVIRONMENT = (API_KEY_ENV, TLS_CA_FILE_ENV, TLS_CERT_FILE_ENV, TLS_KEY_FILE_ENV)
+AUTHORIZATION_HEADER = "authorization"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a client shows the retriever (an API key, a client certificate) and whom it trusts (a CA).
+
+    Empty fields are off: no key, no TLS. `from_environment()` reads them from CLIENT_ENVIRONMENT.
+    """
+
+    api_key: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Credentials:
+        env = os.environ if environ is None else environ
+        return cls(*(env.get(name, "").strip() for name in CLIENT_ENVIRONMENT))
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials when a CA is named (with the client certificate, if any); None: plaintext."""
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise UsageError(
+                f"{TLS_CERT_FILE_ENV} and {TLS_KEY_FILE_ENV} go together: set both (mTLS) or neither"
+            )
+        if not self.tls_ca_file:
+            if self.tls_cert_file:
+                raise UsageError(f"a client certificate needs TLS: set {TLS_CA_FILE_ENV} too")
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(TLS_CA_FILE_ENV, self.tls_ca_file),
+            private_key=_read(TLS_KEY_FILE_ENV, self.tls_key_file) if self.tls_key_file else None,
+            certificate_chain=_read(TLS_CERT_FILE_ENV, self.tls_cert_file) if self.tls_cert_file else None,
+        )
+
+
+def _read(variable: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise UsageError(f"{variable}={path}: cannot read it: {error.strerror or error}") from None
+
+
+def connect(address: str, credentials: Credentials | None = None) -> retriever_pb2_grpc.RetrieverServiceStub:
+    """A stub of the retriever at `address`: over TLS when the credentials name a CA, with the API key on
+    every call when they hold one. Without `credentials`, they come from the environment (CIR_API_KEY,
+    CIR_TLS_CA_FILE, CIR_TLS_CERT_FILE, CIR_TLS_KEY_FILE)."""
+    credentials = Credentials.from_environment() if credentials is None else credentials
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    tls = credentials.channel_credentials()
+    channel = (
+        grpc.secure_channel(address, tls, options=options)
+        if tls is not None
+        else grpc.insecure_channel(address, options=options)
     )
+    if credentials.api_key:
+        key = credentials.api_key
+        if not all(" " < char <= "~" for char in key):
+            raise UsageError(f"{API_KEY_ENV} holds spaces or characters a gRPC header cannot carry")
+        channel = grpc.intercept_channel(channel, _AddMetadata(((AUTHORIZATION_HEADER, f"Bearer {key}"),)))
     return retriever_pb2_grpc.RetrieverServiceStub(channel)
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _AddMetadata(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata (the API key) to every call, whatever its shape."""
+
+    def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        self._pairs = pairs
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), *self._pairs],
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+# --- galleries and searches ------------------------------------------------------------------------------
 
 
 def image_files(folder: Path) -> list[Path]:

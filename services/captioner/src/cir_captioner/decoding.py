@@ -80,6 +80,8 @@ class ServerDecodingDefaults:
     variant: DecodingVariant
     num_captions: int
     prompt: str
+    # Benchmarks only (CIR_CAPTIONER_BENCHMARK_CAPTION_TOKENS): every caption exactly this long. 0 = off.
+    fixed_caption_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,9 @@ def resolve_decoding(
 
     caption_tokens = _caption_tokens(variant, base, overrides, limits)
     min_length = base.min_length if overrides.min_length is None else overrides.min_length
+    if defaults.fixed_caption_tokens:
+        # Random-weight models never end a caption: a benchmark fixes their length to a real caption's.
+        caption_tokens = min_length = defaults.fixed_caption_tokens
     if min_length is not None and min_length > caption_tokens:
         raise InvalidArgument(
             f"decoding.min_length {min_length} is over decoding.{base.length_field} {caption_tokens}; "

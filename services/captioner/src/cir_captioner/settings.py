@@ -47,11 +47,20 @@ class CaptionerSettings(ServiceSettings):
     max_prompt_chars: int = 256
     batch_max_images: int = 16
     batch_window_ms: float = 10.0
+    # Benchmark only (bench/gpu_paper_profile.py): every caption is exactly this many tokens (no EOS before),
+    # whatever the request asks. Random-weight models never stop on their own; this gives them the length of
+    # a real caption. 0 = off.
+    benchmark_caption_tokens: int = 0
 
     def validate(self) -> None:
         super().validate()
         self.require_at_least(1, *_AT_LEAST_ONE, "default_num_captions")
         self.require_at_least(0, "batch_window_ms")
+        if not 0 <= self.benchmark_caption_tokens <= self.max_new_tokens:
+            raise ConfigError(
+                f"{ENV_PREFIX}BENCHMARK_CAPTION_TOKENS must be 0 (off) or at most {ENV_PREFIX}MAX_NEW_TOKENS "
+                f"({self.max_new_tokens}), got {self.benchmark_caption_tokens}"
+            )
         # The server's default decoding, checked against its own limits: a bad default stops the process at
         # start, not the first request.
         try:
@@ -66,6 +75,7 @@ class CaptionerSettings(ServiceSettings):
             variant=DecodingVariant(self.default_variant),
             num_captions=self.default_num_captions,
             prompt=self.default_prompt,
+            fixed_caption_tokens=self.benchmark_caption_tokens,
         )
 
     def decoding_limits(self) -> DecodingLimits:

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from cir_common import metrics
 from cir_common.errors import DeadlineExceeded, ResourceExhausted
 
 ResultT = TypeVar("ResultT")
@@ -171,13 +172,17 @@ class AdmissionGate:
         *,
         service: str = "the service",
         settings: tuple[str, str] = ("max_concurrent_rpcs", "max_queued_rpcs"),
+        name: str = "rpc",
     ) -> None:
+        """`name` labels the gate's metrics (cir_admission_*{gate=...}): "rpc" is the server's."""
+        self.name = name
         self._slots = FairSemaphore(max_running, max_waiters=max_queued)
         self._service = service
         # The names of the two limits, as the operator sets them, for the refusal messages.
         self._running_setting, self._queued_setting = settings
         self._call_time = MeanDuration()
         self.stats = AdmissionStats()
+        metrics.watch(f"admission:{name}", self, metrics.admission_families)
 
     @property
     def running(self) -> int:

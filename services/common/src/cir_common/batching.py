@@ -26,6 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from cir_common import metrics
 from cir_common.admission import MeanDuration, retry_after_ms
 from cir_common.errors import ResourceExhausted
 
@@ -39,6 +40,7 @@ class _Pending(Generic[ItemT]):
     first_at: float
     items: list[ItemT] = field(default_factory=list)
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    submitted: list[float] = field(default_factory=list)  # when each item came (time.monotonic())
 
 
 @dataclass
@@ -84,11 +86,17 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
         self._limit_setting = limit_setting
         self._batch_time = MeanDuration()
         self.stats = BatchStats()
+        metrics.watch(f"batcher:{name}", self, metrics.batcher_families)
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     @property
     def pending_items(self) -> int:
-        """Items waiting for the model (not counting the batch running now)."""
-        return sum(len(pending.items) for pending in self._pending.values())
+        """Items waiting for the model (not counting the batch running now). Safe to read from another
+        thread (the metrics scrape): the pending batches are copied in one step."""
+        return sum(len(pending.items) for pending in list(self._pending.values()))
 
     async def submit(self, key: KeyT, items: Sequence[ItemT]) -> list[ResultT]:
         """Runs `items` (possibly together with other callers' items) and returns their results.
@@ -100,11 +108,13 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._work())
         pending = self._pending.get(key)
+        now = time.monotonic()
         if pending is None:
-            pending = self._pending[key] = _Pending(first_at=time.monotonic())
+            pending = self._pending[key] = _Pending(first_at=now)
         futures = [loop.create_future() for _ in items]
         pending.items.extend(items)
         pending.futures.extend(futures)
+        pending.submitted.extend([now] * len(items))
         assert self._wakeup is not None
         self._wakeup.set()
         return list(await asyncio.gather(*futures))
@@ -142,6 +152,7 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
             elif len(live) < len(pending.futures):
                 pending.items = [pending.items[i] for i in live]
                 pending.futures = [pending.futures[i] for i in live]
+                pending.submitted = [pending.submitted[i] for i in live]
 
     def _next_ready(self) -> tuple[KeyT | None, float]:
         """The key to run now (oldest first), or None and how long until one is due."""
@@ -170,19 +181,25 @@ class MicroBatcher(Generic[KeyT, ItemT, ResultT]):
             pending = self._pending[key]
             items, futures = pending.items[: self._max], pending.futures[: self._max]
             pending.items, pending.futures = pending.items[self._max :], pending.futures[self._max :]
+            oldest, pending.submitted = pending.submitted[0], pending.submitted[self._max :]
             if pending.items:
                 pending.first_at = time.monotonic() - self._window_s  # the rest has waited long enough
             else:
                 del self._pending[key]
-            await self._execute(key, items, futures)
+            await self._execute(key, items, futures, oldest)
 
-    async def _execute(self, key: KeyT, items: list[ItemT], futures: list[asyncio.Future[Any]]) -> None:
+    async def _execute(
+        self, key: KeyT, items: list[ItemT], futures: list[asyncio.Future[Any]], oldest: float
+    ) -> None:
+        """Runs one batch; `oldest` is when its oldest item came."""
         self.stats.batches += 1
         self.stats.items += len(items)
         self.stats.largest_batch = max(self.stats.largest_batch, len(items))
         started = time.monotonic()
         await self._run_isolating_failures(key, items, futures)
-        self._batch_time.observe(time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._batch_time.observe(seconds)
+        metrics.batch_done(self._name, len(items), started - oldest, seconds)
 
     async def _run_isolating_failures(
         self, key: KeyT, items: list[ItemT], futures: list[asyncio.Future[Any]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -24,17 +25,22 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis.asyncio as aioredis
+from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.util.types import AttributeValue
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from cir_common import metrics
 from cir_common.config import ServiceSettings
 from cir_common.errors import ConfigError
+from cir_common.tracing import span
 from cir_common.vectors import pack_f32, pack_f32_matrix, unpack_f32, unpack_f32_matrix
 
 __all__ = [
@@ -92,9 +98,12 @@ class MemoryCache:
     threads.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, counted: bool = True) -> None:
+        """`counted`: the service's cache, whose lookups and size are in the metrics (RedisCache's own
+        in-process LRU is not: the RedisCache counts)."""
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self._counted = counted
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
         self._bytes = 0
@@ -102,6 +111,8 @@ class MemoryCache:
         self._hits = 0
         self._misses = 0
         self._evictions = 0
+        if counted:
+            metrics.watch("cache", self, metrics.cache_families)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         now = time.monotonic()
@@ -119,6 +130,8 @@ class MemoryCache:
                     self._entries.move_to_end(key)
                     self._hits += 1
                     out.append(entry[0])
+        if self._counted:
+            metrics.cache_lookups(keys, out)
         return out
 
     async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> None:
@@ -209,6 +222,7 @@ class RedisCache:
         probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
         fallback_max_bytes: int = DEFAULT_FALLBACK_BYTES,
         default_ttl_s: int | None = None,
+        tls_ca_file: str = "",
     ) -> None:
         _check_ttl(default_ttl_s)
         for name, value in (
@@ -221,6 +235,11 @@ class RedisCache:
         if failure_threshold < 1:
             raise ConfigError(f"cache breaker failure threshold must be at least 1, got {failure_threshold}")
         self._url = url
+        # rediss:// (TLS; a password in the URL: rediss://:PASSWORD@host:port/db) checks the server's
+        # certificate against this CA, else the system's; redis-py reads it at every new connection.
+        if tls_ca_file and urlsplit(url).scheme != "rediss":
+            raise ConfigError(f"a cache CA file ({tls_ca_file!r}) needs a rediss:// cache URL (TLS)")
+        self._tls = {"ssl_ca_certs": tls_ca_file} if tls_ca_file else {}
         self._connect_timeout_s = connect_timeout_s
         self._socket_timeout_s = socket_timeout_s
         self._failure_threshold = failure_threshold
@@ -230,7 +249,7 @@ class RedisCache:
         # redis-py is doing (a pipeline reads one reply per command, each with its own socket timeout).
         self._op_timeout_s = connect_timeout_s + socket_timeout_s
         self._client = self._new_client()
-        self._fallback = MemoryCache(fallback_max_bytes)
+        self._fallback = MemoryCache(fallback_max_bytes, counted=False)
         self._open = False
         self._opened_at = 0.0
         # Bumped at every open and close: a call that began before the last transition reports to a
@@ -253,6 +272,7 @@ class RedisCache:
         self._skipped_at_open = 0
         self._probes_at_open = 0
         self._next_refusal_log = 0.0
+        metrics.watch("cache", self, metrics.cache_families)
 
     def _new_client(self, *, single_connection: bool = False) -> aioredis.Redis:
         try:
@@ -267,10 +287,12 @@ class RedisCache:
                 protocol=2,
                 driver_info=None,
                 single_connection_client=single_connection,
+                **self._tls,
             )
         except ValueError as exc:
             raise ConfigError(
-                f"cache URL {self.describe()!r} is invalid ({exc}); use redis://host:port/db"
+                f"cache URL {self.describe()!r} is invalid ({exc}); use redis://host:port/db "
+                "(rediss://:PASSWORD@host:port/db for TLS)"
             ) from exc
 
     @property
@@ -327,8 +349,12 @@ class RedisCache:
             self._skipped += 1
         else:
             client = self._client
-            found = await self._attempt(lambda: client.mget(keys))
-            if found is not None:
+            with self._span("MGET", len(keys)) as traced:
+                found = await self._attempt(lambda: client.mget(keys))
+                _traced_outcome(traced, found)
+            if found is None:
+                metrics.cache_error("get", keys)
+            else:
                 values = list(found)
                 hits = {k: v for k, v in zip(keys, values, strict=True) if v is not None}
                 if hits:
@@ -346,6 +372,7 @@ class RedisCache:
         hits_count = sum(v is not None for v in values)
         self._hits += hits_count
         self._misses += len(keys) - hits_count
+        metrics.cache_lookups(keys, values)
         return values
 
     async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> None:
@@ -368,8 +395,13 @@ class RedisCache:
                 await pipe.execute()
             return True
 
-        if await self._attempt(write):
+        with self._span("SET", len(items)) as traced:
+            written = await self._attempt(write)
+            _traced_outcome(traced, written)
+        if written:
             self._writes += len(items)
+        else:
+            metrics.cache_error("set", items)
 
     async def get(self, key: str) -> bytes | None:
         return (await self.get_many([key]))[0]
@@ -394,6 +426,21 @@ class RedisCache:
                 await client.aclose()
         except _REDIS_FAILURES as exc:
             log.debug("closing a client of %s: %s", self.describe(), exc)
+
+    @functools.cached_property
+    def _span_attributes(self) -> dict[str, AttributeValue]:
+        """What every Redis span says of the server: host and port (never the URL: it may hold a password)."""
+        parts = urlsplit(self._url)
+        attributes: dict[str, AttributeValue] = {"db.system.name": "redis"}
+        if parts.hostname:
+            attributes.update({"server.address": parts.hostname, "server.port": parts.port or 6379})
+        return attributes
+
+    def _span(self, operation: str, keys: int) -> AbstractContextManager[Span]:
+        """A CLIENT span `redis <operation>` around one Redis call (`cir_common.tracing`: none when off)."""
+        attributes = {**self._span_attributes, "db.operation.name": operation}
+        attributes["db.operation.batch.size"] = keys
+        return span(f"redis {operation}", SpanKind.CLIENT, attributes)
 
     async def _attempt(self, op: Callable[[], Awaitable[T]]) -> T | None:
         """Run `op` against Redis; None when it failed (the failure counts towards opening the breaker)."""
@@ -485,6 +532,12 @@ class RedisCache:
             await self._close_client(probe)
 
 
+def _traced_outcome(traced: Span, result: object) -> None:
+    """A Redis span's outcome: ERROR when the call failed (None from `_attempt`, which logged why)."""
+    if result is None:
+        traced.set_status(StatusCode.ERROR, "the Redis call failed or timed out: the in-process cache served")
+
+
 def cache_from_url(
     url: str | None,
     memory_max_bytes: int,
@@ -493,10 +546,12 @@ def cache_from_url(
     socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
     breaker_failures: int = DEFAULT_BREAKER_FAILURES,
     probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+    tls_ca_file: str = "",
 ) -> Cache:
     """Redis when `url` is set (non-empty), else an in-process LRU of `memory_max_bytes`.
 
     With Redis, an in-process LRU of `memory_max_bytes` still serves while Redis is unreachable.
+    `tls_ca_file`: the CA of a rediss:// server's certificate (empty: the system's CAs).
     """
     if url:
         return RedisCache(
@@ -506,12 +561,19 @@ def cache_from_url(
             failure_threshold=breaker_failures,
             probe_interval_s=probe_interval_s,
             fallback_max_bytes=memory_max_bytes,
+            tls_ca_file=tls_ca_file,
         )
     return MemoryCache(memory_max_bytes)
 
 
 def cache_from_settings(settings: ServiceSettings) -> Cache:
-    """The cache a service's settings describe (cache_url, cache_memory_bytes and the cache_* timeouts)."""
+    """The cache a service's settings describe (cache_url, cache_tls_ca_file, cache_memory_bytes and the
+    cache_* timeouts)."""
+    if settings.cache_tls_ca_file and not settings.cache_url.startswith("rediss://"):
+        raise ConfigError(
+            f"{settings.variable('cache_tls_ca_file')} is for TLS to Redis: set "
+            f"{settings.variable('cache_url')} to rediss://[:PASSWORD@]HOST:PORT/DB"
+        )
     return cache_from_url(
         settings.cache_url or None,
         settings.cache_memory_bytes,
@@ -519,6 +581,7 @@ def cache_from_settings(settings: ServiceSettings) -> Cache:
         socket_timeout_s=settings.cache_socket_timeout_s,
         breaker_failures=settings.cache_breaker_failures,
         probe_interval_s=settings.cache_probe_interval_s,
+        tls_ca_file=settings.cache_tls_ca_file,
     )
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import sys
 import uuid
+from datetime import UTC, datetime
 from typing import TextIO
+
+from opentelemetry import trace
+
+from cir_common.vocabulary import LogFormat
 
 REQUEST_ID_HEADER = "x-request-id"
 # Trailers of a RESOURCE_EXHAUSTED that may pass on retry: when to retry, in milliseconds.
@@ -36,6 +42,8 @@ def outgoing_metadata() -> tuple[tuple[str, str], ...]:
 
 
 class _RequestIdFilter(logging.Filter):
+    """Adds the service, the request id and the current span's trace and span ids (None outside one)."""
+
     def __init__(self, service: str) -> None:
         super().__init__()
         self._service = service
@@ -43,16 +51,55 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = _request_id.get()
         record.service = self._service
+        span = trace.get_current_span().get_span_context()
+        record.trace_id = f"{span.trace_id:032x}" if span.is_valid else None
+        record.span_id = f"{span.span_id:016x}" if span.is_valid else None
         return True
 
 
-def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
-    """One line per record, each with the service name and the request id (`-` outside an RPC)."""
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, service, request_id, trace_id, span_id (null
+    when unknown), logger, message, and exception (the traceback) when the record has one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", "-")
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": getattr(record, "service", None),
+            "request_id": None if request_id == "-" else request_id,
+            "trace_id": getattr(record, "trace_id", None),
+            "span_id": getattr(record, "span_id", None),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(
+    service: str,
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    log_format: LogFormat = LogFormat.TEXT,
+) -> None:
+    """One line per record, each with the service name and the request id (`-` outside an RPC).
+
+    `LogFormat.JSON`: each line a JSON object (`JsonLogFormatter`), with the trace id too.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_RequestIdFilter(service))
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(service)s [%(request_id)s] %(name)s: %(message)s")
-    )
+    if log_format == LogFormat.JSON:
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(service)s [%(request_id)s] %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

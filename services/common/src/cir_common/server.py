@@ -40,6 +40,7 @@ from cir_common.request_context import (
     reset_request_id,
 )
 from cir_common.telemetry import TELEMETRY
+from cir_common.tls import server_credentials, server_files
 
 log = logging.getLogger(__name__)
 
@@ -295,12 +296,18 @@ class ServiceHost:
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
-        port = self.server.add_insecure_port(address)
+        # TLS when a certificate is set (mTLS with a client CA); the files are re-read when they change.
+        tls = server_files(self.settings)
+        if tls is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, server_credentials(tls))
         if port == 0:
             raise OSError(f"{self.display_name} could not bind {address}")
         await self.server.start()
         self.port = port
-        log.info("%s listening on %s:%d", self.display_name, self.settings.host, port)
+        security = "plaintext" if tls is None else "mTLS" if tls.ca_file else "TLS"
+        log.info("%s listening on %s:%d (%s)", self.display_name, self.settings.host, port, security)
         return port
 
     async def set_ready(self) -> None:

@@ -23,7 +23,7 @@ from cir_common.images import (
     probe_image,
     resolve_image_source,
 )
-from cir_common.server import ServiceHost
+from cir_common.server import Authorizer, ServiceHost
 from cir_common.telemetry import TELEMETRY
 
 
@@ -170,21 +170,25 @@ def run_service(
     service_name: str,
     settings_loader: Callable[[], ServiceSettings],
     build: Callable[[ServiceSettings, ServiceHost], ServiceLifecycle],
+    authorizer: Callable[[Any], Authorizer | None] | None = None,
 ) -> int:
     """Process entry point: load settings, start the server, load the model, serve until SIGTERM.
 
     `build` registers the servicer on `host.server` and returns it. Health turns SERVING when its
-    `load()` returns; `close()` runs after the server has drained its in-flight calls.
+    `load()` returns; `close()` runs after the server has drained its in-flight calls. `authorizer(settings)`
+    gives the host its `authorize` hook (API keys), or None for none.
     """
     try:
         settings = settings_loader()
+        # Metrics bind their port here: a port in use is a configuration error like a bad setting.
+        operations.install(settings, display_name)
     except ConfigError as error:
         print(f"{display_name}: configuration error: {error.message}", file=sys.stderr)
         return 2
-    operations.install(settings, display_name)
 
     async def main() -> None:
-        host = ServiceHost([service_name], settings, display_name)
+        authorize = authorizer(settings) if authorizer is not None else None
+        host = ServiceHost([service_name], settings, display_name, authorize)
         service = build(settings, host)
         try:
             await host.run(service.load, service.check if isinstance(service, BackendCheck) else None)

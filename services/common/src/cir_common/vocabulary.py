@@ -86,6 +86,14 @@ REASONER = SERVICES[Service.REASONER]
 # The environment variable naming a profile for every service (a service's own <PREFIX>PROFILE wins).
 PROFILE_ENV = "CIR_PROFILE"
 
+# What a caller of the suite (the `cir` command, cir_client, the Go and Node examples, the images' health
+# check) reads from its environment: its API key (sent as `authorization: Bearer <key>`), and TLS: the CA it
+# trusts, and a client certificate and key for mTLS.
+API_KEY_ENV = "CIR_API_KEY"
+TLS_CA_FILE_ENV = "CIR_TLS_CA_FILE"
+TLS_CERT_FILE_ENV = "CIR_TLS_CERT_FILE"
+TLS_KEY_FILE_ENV = "CIR_TLS_KEY_FILE"
+
 
 # --- closed sets of choices that more than one service (or a service and the retriever's collection
 # --- settings) share. A choice only one service knows lives in that service's settings module.

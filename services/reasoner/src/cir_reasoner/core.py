@@ -7,14 +7,17 @@ values, returns dataclasses and raises `cir_common.errors` types, which the serv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from cir_common import metrics
 from cir_common.cache import Cache, cache_from_settings, cache_key, pack_json, unpack_json
 from cir_common.errors import ConfigError, InvalidArgument, NotFound, Unavailable
 from cir_common.images import content_hash
@@ -40,6 +43,9 @@ from cir_reasoner.templates import (
     TemplateRegistry,
     TemplateTask,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +191,7 @@ class Reasoner:
         # queue for it as futures instead of piling up threads that would wait on the tokenizer's lock,
         # and one core's worth of tokenizing leaves the others to the loop and the engine.
         self._prompt_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reasoner-prompts")
+        metrics.watch("reasoner", self, Reasoner.engine_figures)
 
     async def load(self) -> None:
         backend = self._backend or await start_backend(self.settings)
@@ -283,6 +290,22 @@ class Reasoner:
             engine=backend.engine_counters(),
         )
 
+    def engine_figures(self) -> Iterator[Metric]:
+        """The engine's figures for the metrics where the backend keeps them (read on the scrape's thread)."""
+        counters = None if self._backend is None else self._backend.engine_counters()
+        if counters is None:
+            return
+        yield metrics.REASONER_UNFINISHED.one(counters.in_flight)
+        yield metrics.REASONER_ABORTED.one(counters.aborted)
+        for figure, value in (
+            (metrics.REASONER_RUNNING, counters.running),
+            (metrics.REASONER_WAITING, counters.waiting),
+            (metrics.REASONER_PREFIX_QUERIES, counters.prefix_cache_queries),
+            (metrics.REASONER_PREFIX_HITS, counters.prefix_cache_hits),
+        ):
+            if value is not None:
+                yield figure.one(value)
+
     # -- the work --------------------------------------------------------------------------------------
 
     async def _reason(
@@ -299,7 +322,7 @@ class Reasoner:
         answers parsed into outcomes."""
         deadline = generation_deadline(query.time_remaining_s)
         template = self.templates.get(query.template or default_template, task)
-        sampling = self._sampling(query.sampling)
+        sampling = self._benchmark_length(self._sampling(query.sampling), task)
         timer = StageTimer()
         with timer.stage("prompt"):
             plan = await self._plan(build, template, query.inputs, sampling)
@@ -346,6 +369,14 @@ class Reasoner:
         return Sampling(
             temperature=temperature, max_tokens=max_tokens, stop=stop, top_p=top_p, seed=request.seed
         )
+
+    def _benchmark_length(self, sampling: Sampling, task: TemplateTask) -> Sampling:
+        """The fixed answer length of benchmarks with random weights (settings.benchmark_*_tokens), if set."""
+        tokens = {
+            TemplateTask.EDIT: self.settings.benchmark_edit_tokens,
+            TemplateTask.OBJECTS_ADDED: self.settings.benchmark_objects_tokens,
+        }[task]
+        return dataclasses.replace(sampling, max_tokens=tokens, min_tokens=tokens) if tokens else sampling
 
     def _budget(self, sampling: Sampling) -> prompts.Budget:
         budget = prompts.Budget(self.settings.max_prompt_tokens, f"{ENV_PREFIX}MAX_PROMPT_TOKENS")
@@ -404,6 +435,10 @@ class Reasoner:
                 completions = await backend.generate(
                     [plan.items[i].prompt for i in indices], sampling, deadline
                 )
+            failures = sum(completion.text is None for completion in completions)
+            metrics.count(metrics.GENERATIONS, len(completions) - failures, result="completed")
+            metrics.count(metrics.GENERATIONS, failures, result="failed")
+            metrics.count(metrics.GENERATED_TOKENS, sum(c.generated_tokens for c in completions))
             values = []
             for index, completion in zip(indices, completions, strict=True):
                 if completion.text is None:

@@ -38,6 +38,9 @@ class Sampling:
     stop: tuple[str, ...] = DEFAULT_STOP
     top_p: float = DEFAULT_TOP_P
     seed: int | None = None
+    # Benchmarks only (ReasonerSettings.benchmark_*_tokens, vllm backend): no EOS and no stop string ends an
+    # answer before this many tokens. 0 = off.
+    min_tokens: int = 0
 
     @property
     def deterministic(self) -> bool:
@@ -45,13 +48,16 @@ class Sampling:
         return self.temperature == 0.0 or self.seed is not None
 
     def cache_params(self) -> dict[str, object]:
-        return {
+        params: dict[str, object] = {
             "temperature": round(self.temperature, 6),
             "max_tokens": self.max_tokens,
             "stop": list(self.stop),
             "top_p": round(self.top_p, 6),
             "seed": self.seed,
         }
+        if self.min_tokens:
+            params["min_tokens"] = self.min_tokens
+        return params
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,12 @@ class Completion:
 class EngineCounters:
     in_flight: int
     aborted: int
+    # From the engine's scheduler, where it reports them (vLLM): requests running and waiting at its last
+    # step, and prompt tokens looked up in / found in its prefix cache so far.
+    running: int | None = None
+    waiting: int | None = None
+    prefix_cache_queries: int | None = None
+    prefix_cache_hits: int | None = None
 
 
 @dataclass(frozen=True)

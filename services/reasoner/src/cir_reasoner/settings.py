@@ -42,6 +42,8 @@ _DTYPES = (Precision.AUTO, Precision.FP32, Precision.FP16, Precision.BF16)
 
 # Limits of a request: a value below 1 would refuse every request.
 _AT_LEAST_ONE = ("max_captions_per_request", "max_text_chars", "max_prompt_tokens", "max_output_tokens")
+# Fixed answer lengths for benchmarks with random weights (0 = off).
+_BENCHMARK_LENGTHS = ("benchmark_edit_tokens", "benchmark_objects_tokens")
 
 
 @dataclasses.dataclass
@@ -81,10 +83,23 @@ class ReasonerSettings(ServiceSettings):
     max_text_chars: int = 4096
     max_prompt_tokens: int = 6144
     max_output_tokens: int = 700
+    # Benchmark only (bench/gpu_paper_profile.py), vllm backend: every edited caption / objects answer is
+    # exactly this many tokens, EOS and stop strings ignored. Random-weight models never stop on their own;
+    # this gives them the length of typical real answers. 0 = off.
+    benchmark_edit_tokens: int = 0
+    benchmark_objects_tokens: int = 0
 
     def validate(self) -> None:
         super().validate()
         self.require_at_least(1, *_AT_LEAST_ONE)
+        for name in _BENCHMARK_LENGTHS:
+            if not 0 <= getattr(self, name) <= self.max_output_tokens:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()} must be 0 (off) or at most {ENV_PREFIX}MAX_OUTPUT_TOKENS "
+                    f"({self.max_output_tokens}), got {getattr(self, name)}"
+                )
+            if getattr(self, name) and self.backend != Backend.VLLM:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} is for benchmarks on the vllm backend only")
         if self.openai_max_concurrency < 1 or self.openai_max_retries < 0:
             raise ConfigError(
                 f"{ENV_PREFIX}OPENAI_MAX_CONCURRENCY must be >= 1 and {ENV_PREFIX}OPENAI_MAX_RETRIES >= 0"

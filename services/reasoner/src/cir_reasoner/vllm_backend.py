@@ -65,6 +65,9 @@ class EngineRounds:
     round_max_scheduled: int = 0
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    # The scheduler's requests at its latest report (its idle pass included: 0 and 0 once all are done).
+    running: int = 0
+    waiting: int = 0
 
     def start_round(self, size: int) -> None:
         self.rounds += 1
@@ -99,6 +102,7 @@ def _stat_logger_factory(rounds: EngineRounds) -> Any:
                 return
             running = scheduler_stats.num_running_reqs
             waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+            rounds.running, rounds.waiting = running, waiting
             if iteration_stats is None and running + waiting == 0:
                 # The core's pass after the last requests finished: it ran nothing, and its report comes
                 # after their answers (so counting it would make the step counts race with the callers).
@@ -186,6 +190,9 @@ class VllmBackend:
             max_tokens=sampling.max_tokens,
             stop=list(sampling.stop),
             seed=sampling.seed,
+            # Benchmarks' fixed lengths: vLLM checks neither EOS nor stop strings before min_tokens.
+            min_tokens=sampling.min_tokens,
+            ignore_eos=sampling.min_tokens > 0,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         engine = self._running_engine()
@@ -232,7 +239,15 @@ class VllmBackend:
         return self.engine
 
     def engine_counters(self) -> EngineCounters:
-        return EngineCounters(in_flight=self.unfinished_requests(), aborted=self.stats.aborted)
+        stats = self.stats
+        return EngineCounters(
+            in_flight=self.unfinished_requests(),
+            aborted=stats.aborted,
+            running=stats.running,
+            waiting=stats.waiting,
+            prefix_cache_queries=stats.prefix_cache_queries,
+            prefix_cache_hits=stats.prefix_cache_hits,
+        )
 
     def unfinished_requests(self) -> int:
         """Requests the engine still tracks: 0 once every call has finished or been aborted."""

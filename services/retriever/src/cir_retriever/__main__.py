@@ -8,6 +8,7 @@ from cir.retriever.v1 import retriever_pb2_grpc
 from cir_common.server import ServiceHost
 from cir_common.service_kit import run_service
 from cir_common.vocabulary import RETRIEVER
+from cir_retriever.auth import authorizer_for
 from cir_retriever.clients import ModelServices
 from cir_retriever.core import Retriever
 from cir_retriever.gallery.factory import open_store
@@ -24,6 +25,7 @@ def build_retriever(settings: RetrieverSettings) -> Retriever:
         settings.captioner_address,
         settings.reasoner_address,
         settings.max_message_bytes,
+        tls=settings.downstream_tls(),
     )
     return Retriever(settings, open_store(settings), services)
 
@@ -40,6 +42,7 @@ def main() -> int:
         service_name=SERVICE_NAME,
         settings_loader=load_retriever_settings,
         build=_build,
+        authorizer=authorizer_for,  # API keys when CIR_RETRIEVER_API_KEYS_FILE names a keys file
     )
 
 

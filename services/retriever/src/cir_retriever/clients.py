@@ -29,6 +29,7 @@ from cir_common.proto_enums import (
     PREPROCESSING_TO_PROTO,
 )
 from cir_common.request_context import RETRY_AFTER_HEADER, outgoing_metadata
+from cir_common.tls import TlsFiles
 from cir_common.vectors import vector_from_proto, vector_to_proto
 from cir_common.vocabulary import CaptionSelection, DecodingVariant, EditMode, Preprocessing, Service
 
@@ -296,10 +297,12 @@ class ModelServices:
         reasoner: str,
         max_message_bytes: int,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
-        # `interceptors` see every model call (tracing, or a test counting what a search called).
+        # `interceptors` see every model call (tracing, or a test counting what a search called). `tls`: the
+        # channels run TLS (mTLS with a certificate), following the files when they change.
         self._channels = [
-            open_channel(a, max_message_bytes, interceptors) for a in (encoder, captioner, reasoner)
+            open_channel(a, max_message_bytes, interceptors, tls) for a in (encoder, captioner, reasoner)
         ]
         self.encoder = EncoderClient(self._channels[0])
         self.captioner = CaptionerClient(self._channels[1])

@@ -15,7 +15,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from cir_common import metrics
 from cir_common.admission import AdmissionGate, to_thread_to_completion
 from cir_common.errors import (
     CirError,
@@ -63,6 +65,9 @@ from cir_retriever.strategies import (
     requirements,
     without_missing_caption_slots,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +199,11 @@ class Retriever:
                 f"{ENV_PREFIX}MAX_CONCURRENT_GENERATIVE_SEARCHES",
                 f"{ENV_PREFIX}MAX_QUEUED_GENERATIVE_SEARCHES",
             ),
+            name="generative_search",
         )
         self._encoder_info: tuple[float, EncoderInfo] | None = None
+        self._closed = False
+        metrics.watch("retriever", self, Retriever.store_figures)
 
     async def load(self) -> None:
         """Ready when the store answers; model services are reached lazily (they may start later)."""
@@ -208,6 +216,7 @@ class Retriever:
         await asyncio.to_thread(self.store.check)
 
     async def close(self) -> None:
+        self._closed = True
         await self.services.close()
         await asyncio.to_thread(self.store.close)
 
@@ -299,6 +308,12 @@ class Retriever:
         return Budget.starting_now(seconds)
 
     async def search(self, query: SearchQuery, budget: Budget) -> SearchResult:
+        strategy = query.strategy or self.settings.default_strategy
+        # Every stage this search times (in the tasks it starts too) carries its strategy in the metrics.
+        with metrics.strategy_label(strategy.value):
+            return await self._search(query, budget)
+
+    async def _search(self, query: SearchQuery, budget: Budget) -> SearchResult:
         text = query.text.strip()
         if not text:
             raise InvalidArgument("modification_text is empty: say how the reference should change")
@@ -378,7 +393,7 @@ class Retriever:
             hits = await asyncio.to_thread(collection.search, spec, q, top_k, where)
         self.pipeline.observe(SEARCH_STAGE, started)
         size = await asyncio.to_thread(collection.size)
-        self._count(trace)
+        self._count(trace, strategy)
         return SearchResult(
             hits=hits,
             strategy=strategy,
@@ -389,11 +404,15 @@ class Retriever:
             features=inputs if query.return_features else None,
         )
 
-    def _count(self, trace: Trace) -> None:
+    def _count(self, trace: Trace, strategy: StrategyName) -> None:
         self._searches += 1
         self._degraded_searches += bool(trace.degradations)
         for degradation in trace.degradations:
             self._degradations[degradation.stage] += 1
+            metrics.count(metrics.DEGRADATIONS, stage=degradation.stage)
+        metrics.count(metrics.SEARCHES, strategy=strategy.value)
+        if trace.degradations:
+            metrics.count(metrics.DEGRADED_SEARCHES, strategy=strategy.value)
 
     async def _reference(self, query: SearchQuery, collection: Collection) -> Reference:
         if query.reference_id is not None:
@@ -485,6 +504,7 @@ class Retriever:
 
         def report(outcome: ItemOutcome) -> None:
             setattr(progress, outcome.status.value, getattr(progress, outcome.status.value) + 1)
+            metrics.count(metrics.INGESTED_IMAGES, status=outcome.status.value)
             if outcome.status is not ItemStatus.FAILED:
                 progress.committed += 1
             events.put_nowait(outcome)
@@ -629,6 +649,18 @@ class Retriever:
         )
         while (page := await asyncio.to_thread(next, pages, None)) is not None:
             yield page
+
+    def store_figures(self) -> Iterator[Metric]:
+        """The gallery store's collection sizes and memory, for the metrics (read on the scrape's thread;
+        the stores are thread-safe: the core calls them from worker threads too)."""
+        if self._closed:
+            return
+        names = self.store.names()
+        sizes = [((name,), self.store.open(name).size()) for name in names]
+        yield metrics.COLLECTION_IMAGES.family(sizes)
+        memory = getattr(self.store, "memory_bytes", None)  # the local store's search matrices
+        if memory is not None:
+            yield metrics.STORE_MEMORY.one(memory())
 
     def stats(self) -> ServiceStats:
         return ServiceStats(

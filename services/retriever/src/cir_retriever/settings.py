@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from cir_common.config import ServiceSettings, load_settings
 from cir_common.errors import ConfigError
+from cir_common.tls import TlsFiles
 from cir_common.vocabulary import CAPTIONER, ENCODER, REASONER, RETRIEVER, DecodingVariant, Preprocessing
 from cir_retriever.gallery.types import MAX_NUM_CAPTIONS
 from cir_retriever.presets import Preset
@@ -107,6 +108,31 @@ class RetrieverSettings(ServiceSettings):
             )
         self.require_at_least(1, "max_text_chars", "ingest_batch_size", "ingest_max_batches_in_flight")
         self.require_positive("default_timeout_s", "captioner_budget_s", "reasoner_budget_s")
+        cert, key, ca = self._downstream_tls_variables()
+        if bool(self.downstream_tls_cert_file) != bool(self.downstream_tls_key_file):
+            raise ConfigError(f"{cert} and {key} go together: set both (mTLS) or neither")
+        if self.downstream_tls_cert_file and not self.downstream_tls_ca_file:
+            raise ConfigError(
+                f"{cert} (mTLS) needs TLS: set {ca} to the CA that signed the model services' certificates"
+            )
+
+    def downstream_tls(self) -> TlsFiles | None:
+        """The TLS files of the channels to the model services, or None for plaintext."""
+        if not self.downstream_tls_ca_file:
+            return None
+        return TlsFiles(
+            self.downstream_tls_cert_file,
+            self.downstream_tls_key_file,
+            self.downstream_tls_ca_file,
+            self._downstream_tls_variables(),
+        )
+
+    def _downstream_tls_variables(self) -> tuple[str, str, str]:
+        return (
+            self.variable("downstream_tls_cert_file"),
+            self.variable("downstream_tls_key_file"),
+            self.variable("downstream_tls_ca_file"),
+        )
 
 
 def check_stage_estimates(window: int, quantile: float) -> None:

@@ -5,7 +5,10 @@ by `stop()` (SIGTERM, then SIGKILL after a grace period).
 
 Start-up waits for every service to be SERVING, within a limit (`CIR_STARTUP_TIMEOUT_S`, or the caller's
 `timeout_s`), and says every 15 s which services are still starting and for how long: loading models
-can take minutes on a loaded machine, and a silent wait looks like a hang.
+can take minutes on a loaded machine, and a silent wait looks like a hang. A service whose environment turns
+TLS on (`extra_env`: CIR_<SERVICE>_TLS_CERT_FILE ...) is probed over TLS, as the images' healthcheck does
+(`cir_common.tls.health_probe_tls`: its certificate checked against CIR_TLS_CA_FILE or its client CA, and
+with mTLS its own certificate presented).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cir_common import vocabulary
+from cir_common.tls import channel_credentials, health_probe_tls
 from cir_common.vocabulary import PROFILE_ENV, RETRIEVER, Service, ServiceIdentity
 from cir_tools.local_milvus import MilvusProcess, start_milvus
-from cir_tools.local_redis import RedisProcess, free_port, redis_server_binary, start_redis
+from cir_tools.local_redis import RedisProcess, RedisTls, free_port, redis_server_binary, start_redis
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,9 @@ class LocalSuite:
     # started, with its database under workdir, and the retriever keeps no state of its own).
     store: str = "local"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Redis over TLS (the services get a rediss:// URL and the CA) and / or with a password.
+    redis_tls: RedisTls | None = None
+    redis_password: str | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     redis: RedisProcess | None = None
     milvus: MilvusProcess | None = None
@@ -138,7 +145,7 @@ class LocalSuite:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             if self.use_redis and redis_server_binary() is not None:
-                self.redis = start_redis()
+                self.redis = start_redis(tls=self.redis_tls, password=self.redis_password)
             if self.store == "milvus":
                 self.milvus = start_milvus(data_dir=self.workdir / "milvus")
             self.ports = {name: (ports or {}).get(name) or free_port() for name in SERVICES}
@@ -157,6 +164,8 @@ class LocalSuite:
         env[f"{prefix}HOST"] = "127.0.0.1"
         if self.redis is not None:
             env[f"{prefix}CACHE_URL"] = self.redis.url
+            if self.redis.tls is not None:
+                env[f"{prefix}CACHE_TLS_CA_FILE"] = self.redis.tls.ca_file
         if name == Service.RETRIEVER:
             for other in MODEL_SERVICES:
                 env[f"{prefix}{other.upper()}_ADDRESS"] = f"127.0.0.1:{ports[other]}"
@@ -198,8 +207,10 @@ class LocalSuite:
         deadline = began + limit
         next_report = began + progress_every_s
         pending = dict(self.processes)
-        channels = {name: grpc.insecure_channel(service.address) for name, service in pending.items()}
+        channels: dict[str, grpc.Channel] = {}
         try:
+            for name, service in pending.items():
+                channels[name] = self._probe_channel(name, service.address)
             while True:
                 for name, service in list(pending.items()):
                     if service.process.poll() is not None:
@@ -220,6 +231,13 @@ class LocalSuite:
         finally:
             for channel in channels.values():
                 channel.close()
+
+    def _probe_channel(self, name: str, address: str) -> grpc.Channel:
+        """A channel for health probes: over TLS when the service's environment turns TLS on."""
+        tls = health_probe_tls(self.environment(name), _identity(name).env_prefix)
+        if tls is None:
+            return grpc.insecure_channel(address)
+        return grpc.secure_channel(address, channel_credentials(tls.load()))
 
     def _report(self, pending: Mapping[str, ServiceProcess], waited_s: float, limit_s: float) -> None:
         if self.progress is None:

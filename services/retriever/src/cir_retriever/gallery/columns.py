@@ -42,6 +42,11 @@ class FilterColumns:
                 if spec.type is FieldType.STRING:
                     self._vocabulary[spec.name] = {}
 
+    @property
+    def nbytes(self) -> int:
+        columns = (*self._codes.values(), *self._numbers.values(), *self._has.values())
+        return sum(column.nbytes for column in columns)
+
     def _like(self, capacity: int) -> FilterColumns:
         copy = FilterColumns((), capacity)
         copy.fields, copy._vocabulary = self.fields, self._vocabulary

@@ -323,6 +323,11 @@ class Collection:
             if self._matrices is not None:
                 self._matrices.compact()
 
+    def memory_bytes(self) -> int:
+        """Bytes of the search matrices in memory (0 until a search or `load()` read them)."""
+        matrices = self._matrices
+        return 0 if matrices is None else matrices.memory_bytes()
+
     def matrices(self) -> SearchMatrices:
         """The search matrices, loaded on first use (for tests and benchmarks)."""
         return self._loaded()
@@ -546,6 +551,12 @@ class GalleryStore:
 
     def exists(self, name: str) -> bool:
         return (self.root / validate_collection_name(name) / _DB_FILE).exists()
+
+    def memory_bytes(self) -> int:
+        """Bytes of the search matrices of the open collections (the metrics' store memory)."""
+        with self._lock:
+            collections = list(self._open.values())
+        return sum(collection.memory_bytes() for collection in collections)
 
     def names(self) -> list[str]:
         with self._lock:

@@ -117,6 +117,13 @@ class SearchMatrices:
     def view(self) -> View:
         return self._view
 
+    def memory_bytes(self) -> int:
+        """Bytes the current view's arrays hold (their allocated capacity), for the metrics."""
+        view = self._view
+        arrays = (view.t_v, view.t_c, view.image_sq, view.caption_sq, view.caption_dot, view.dead)
+        slots = sum(a.nbytes for a in (view.slots, view.slot_mean) if a is not None)
+        return sum(a.nbytes for a in arrays) + slots + view.columns.nbytes
+
     def row_of(self, image_id: str) -> int | None:
         return self._row_of.get(image_id)
 

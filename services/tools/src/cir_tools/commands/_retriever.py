@@ -13,8 +13,16 @@ from cir_common.vocabulary import RETRIEVER
 DEFAULT_ADDRESS = RETRIEVER.default_address
 
 
+# cir_client.retriever.connect reads them; spelled out here so that --help imports no gRPC.
+CREDENTIALS_HELP = (
+    "API key from CIR_API_KEY; TLS when CIR_TLS_CA_FILE names the CA (a client certificate: "
+    "CIR_TLS_CERT_FILE and CIR_TLS_KEY_FILE)"
+)
+
+
 def add_address_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
-    parser.add_argument("--address", default=DEFAULT_ADDRESS, help=help)
+    where = help or f"retriever host:port (default {DEFAULT_ADDRESS})"
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"{where}; {CREDENTIALS_HELP}")
 
 
 def print_json(message: Message) -> None:

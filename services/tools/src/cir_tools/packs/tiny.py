@@ -8,7 +8,8 @@ builders are imported when called: they need torch, and `cir --help` must not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cir_common.vocabulary import CAPTIONER, ENCODER, REASONER, RETRIEVER
@@ -86,8 +87,8 @@ def _size(num_bytes: int) -> str:
     return f"{size:.1f} GiB"
 
 
-def render_toml(tables: dict[str, dict[str, str | int | bool]]) -> str:
-    """TOML text for flat tables of string and integer values (all a profile needs)."""
+def render_toml(tables: Mapping[str, Mapping[str, str | int | float | bool]]) -> str:
+    """TOML text for flat tables of string, integer, finite float and boolean values (all a profile needs)."""
     blocks = []
     for table, values in tables.items():
         lines = [f"[{table}]"]
@@ -102,11 +103,13 @@ def _toml_key(key: str) -> str:
     return _toml_string(key)
 
 
-def _toml_value(value: str | int | bool) -> str:
+def _toml_value(value: str | int | float | bool) -> str:
     if isinstance(value, bool):  # before int: bool is an int subclass
         return "true" if value else "false"
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)  # Python's shortest repr is a TOML float (1.0, 0.45, 1e-06)
     if not isinstance(value, (str, int)):
-        raise TypeError(f"profile values are strings, integers or booleans, not {type(value).__name__}")
+        raise TypeError(f"profile values are strings, integers, finite floats or booleans, not {value!r}")
     return str(value) if isinstance(value, int) else _toml_string(value)
 
 

@@ -3,6 +3,7 @@
 The files are laid out so that every production loading form works on them: `clip/` is a config dir for
 `add_model_config` (cir-tiny-clip.json) and, through open_clip_config.json, also a `local-dir:` folder.
 The real CLIP BPE tokenizer ships inside open_clip, so tokenisation (`$` -> 259) is the real one.
+`write_open_clip` and `write_phi` write any architecture this way (the paper-shaped pack's ViT-L/14 too).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from cir_encoder.phi import Phi, Pic2WordMapping
-from cir_tools.packs.common import CLIP_MEAN, CLIP_STD
+from cir_tools.packs.common import CLIP_MEAN, CLIP_STD, random_model
 
 TINY_CLIP_NAME = "cir-tiny-clip"
 TINY_EMBED_DIM = 32
@@ -58,16 +59,42 @@ def tiny_clip_config() -> dict[str, Any]:
 
 def build_tiny_encoder(out_dir: Path, seed: int = 0) -> TinyEncoderFiles:
     """Write the tiny CLIP (config + safetensors) and a LinCIR-format Phi under `out_dir`."""
+    clip_dir = out_dir / "clip"
+    phi_dir = out_dir / "phi"
+    checkpoint = write_open_clip(clip_dir, TINY_CLIP_NAME, tiny_clip_config(), seed)
+    phi_path = write_phi(phi_dir / PHI_CHECKPOINT_NAME, TINY_EMBED_DIM, TINY_TEXT_WIDTH)
+    # One network per textual-inversion strategy, each in its publisher's file format.
+    searle_path = write_phi(phi_dir / SEARLE_CHECKPOINT_NAME, TINY_EMBED_DIM, TINY_TEXT_WIDTH)
+    pic2word = Pic2WordMapping(TINY_EMBED_DIM, TINY_TEXT_WIDTH, hidden_dim=64, num_blocks=2)
+    pic2word_path = phi_dir / PIC2WORD_CHECKPOINT_NAME
+    torch.save(
+        {"state_dict_img2text": {f"module.{k}": v for k, v in pic2word.state_dict().items()}}, pic2word_path
+    )
+    return TinyEncoderFiles(
+        config_dir=clip_dir,
+        checkpoint=checkpoint,
+        phi=phi_path,
+        mapping_networks={"lincir": phi_path, "searle": searle_path, "pic2word": pic2word_path},
+    )
+
+
+def write_open_clip(
+    clip_dir: Path,
+    name: str,
+    config: dict[str, Any],
+    seed: int,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write the architecture `config` as `<name>.json` and as a `local-dir:` folder's open_clip_config.json,
+    and a CLIP of it with random weights drawn from `seed` (on `device`, in `dtype`); return the checkpoint.
+    """
     from open_clip.model import CLIP
     from safetensors.torch import save_file
 
-    clip_dir = out_dir / "clip"
-    phi_dir = out_dir / "phi"
     clip_dir.mkdir(parents=True, exist_ok=True)
-    phi_dir.mkdir(parents=True, exist_ok=True)
-
-    config = tiny_clip_config()
-    (clip_dir / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (clip_dir / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     # The local-dir form reads this file instead; it also carries the preprocessing.
     local_dir_config = {
         "model_cfg": config,
@@ -81,29 +108,17 @@ def build_tiny_encoder(out_dir: Path, seed: int = 0) -> TinyEncoderFiles:
     (clip_dir / "open_clip_config.json").write_text(
         json.dumps(local_dir_config, indent=2) + "\n", encoding="utf-8"
     )
-
-    torch.manual_seed(seed)
-    model = CLIP(**config)
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    model = random_model(lambda cfg: CLIP(**cfg), config, seed, device=device, dtype=dtype)
+    state = {key: tensor.detach().to("cpu").contiguous() for key, tensor in model.state_dict().items()}
     checkpoint = clip_dir / CLIP_CHECKPOINT_NAME
     save_file(
         state, str(checkpoint), metadata={"format": "pt"}
     )  # one key: safetensors orders metadata at random
+    return checkpoint
 
-    phi = Phi(TINY_EMBED_DIM, TINY_TEXT_WIDTH)
-    phi_path = phi_dir / PHI_CHECKPOINT_NAME
-    torch.save({"Phi": phi.state_dict()}, phi_path)
-    # One network per textual-inversion strategy, each in its publisher's file format.
-    searle_path = phi_dir / SEARLE_CHECKPOINT_NAME
-    torch.save({"Phi": Phi(TINY_EMBED_DIM, TINY_TEXT_WIDTH).state_dict()}, searle_path)
-    pic2word = Pic2WordMapping(TINY_EMBED_DIM, TINY_TEXT_WIDTH, hidden_dim=64, num_blocks=2)
-    pic2word_path = phi_dir / PIC2WORD_CHECKPOINT_NAME
-    torch.save(
-        {"state_dict_img2text": {f"module.{k}": v for k, v in pic2word.state_dict().items()}}, pic2word_path
-    )
-    return TinyEncoderFiles(
-        config_dir=clip_dir,
-        checkpoint=checkpoint,
-        phi=phi_path,
-        mapping_networks={"lincir": phi_path, "searle": searle_path, "pic2word": pic2word_path},
-    )
+
+def write_phi(path: Path, embed_dim: int, text_width: int) -> Path:
+    """A random Phi (embed_dim -> 4x -> 4x -> text_width), saved as LinCIR and SEARLE do ({"Phi": ...})."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"Phi": Phi(embed_dim, text_width).state_dict()}, path)
+    return path

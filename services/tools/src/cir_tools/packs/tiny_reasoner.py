@@ -4,6 +4,7 @@ Sized for the real prompts rather than for speed: the edit prompts run to ~1.5k 
 tokenizer, so the context is 8192 positions and the tokenizer is trained on the reasoner's prompt templates
 themselves plus captions and instruction-like English, so that those
 prompts do not explode into single bytes. head_dim is 32 because vLLM's CPU attention rejects 16 on AVX2.
+`llm_tokenizer` and `write_causal_lm` serve any causal LM shape (the paper-shaped pack's 7 B one too).
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cir_tools.packs.common import random_model, special_token_ids
+from cir_tools.packs.common import SHARD_SIZE, random_model, special_token_ids
 from cir_tools.packs.tokenizer import synthetic_captions, train_bpe_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 TINY_LLM_CONTEXT = 8192
 _TOKENIZER_VOCAB = 4000
@@ -154,18 +159,16 @@ def template_texts(templates_dir: Path | None = None) -> list[str]:
     return [path.read_text(encoding="utf-8") for path in files]
 
 
-def build_tiny_llm(out_dir: Path, seed: int = 0, templates_dir: Path | None = None) -> Path:
-    """Write a tiny Llama folder (model, tokenizer, chat template) to `out_dir` and return it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+def llm_tokenizer(seed: int = 0, templates_dir: Path | None = None) -> PreTrainedTokenizerFast:
+    """The reasoner's tokenizer: byte-level BPE trained on the prompt templates, captions, instruction-like
+    text and standard-library docstrings, with role tokens and a chat template; pads on the left."""
     corpus = itertools.chain(
         template_texts(templates_dir) * _TEMPLATE_WEIGHT,
         synthetic_captions(3000, seed=seed),
         instruction_corpus(1500, seed=seed),
         stdlib_docstrings(),
     )
-    tokenizer = train_bpe_tokenizer(
+    return train_bpe_tokenizer(
         corpus,
         _TOKENIZER_VOCAB,
         extra_specials=_ROLE_TOKENS,
@@ -173,6 +176,14 @@ def build_tiny_llm(out_dir: Path, seed: int = 0, templates_dir: Path | None = No
         padding_side="left",
         chat_template=CHAT_TEMPLATE,
     )
+
+
+def build_tiny_llm(out_dir: Path, seed: int = 0, templates_dir: Path | None = None) -> Path:
+    """Write a tiny Llama folder (model, tokenizer, chat template) to `out_dir` and return it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = llm_tokenizer(seed, templates_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -184,8 +195,25 @@ def build_tiny_llm(out_dir: Path, seed: int = 0, templates_dir: Path | None = No
         tie_word_embeddings=False,
         **special_token_ids(tokenizer),
     )
+    return write_causal_lm(out_dir, LlamaForCausalLM, config, tokenizer, seed)
+
+
+def write_causal_lm(
+    out_dir: Path,
+    model_class: Any,
+    config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int,
+    *,
+    device: str | None = None,
+    init_dtype: torch.dtype | None = None,
+) -> Path:
+    """Write `model_class(config)` with random weights drawn from `seed` (on `device`, in `init_dtype`) and
+    `tokenizer` to `out_dir` as a published LLM folder; return the folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     # bfloat16 on disk like published LLMs: vLLM then loads it as is instead of downcasting float32.
-    model = random_model(LlamaForCausalLM, config, seed).to(torch.bfloat16)
-    model.save_pretrained(str(out_dir))
+    model = random_model(model_class, config, seed, device=device, dtype=init_dtype).to(torch.bfloat16)
+    model.save_pretrained(str(out_dir), max_shard_size=SHARD_SIZE)
+    del model
     tokenizer.save_pretrained(str(out_dir))
     return out_dir

@@ -82,6 +82,46 @@ def train_bpe_tokenizer(
     return wrapped
 
 
+# Filler words of padded vocabularies: consonant-vowel syllables, so that every id decodes to a word.
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "ch", "sh")
+_VOWELS = ("a", "e", "i", "o", "u")
+_SYLLABLES = tuple(onset + vowel for onset in _ONSETS for vowel in _VOWELS)
+_SPACE = "\u0120"  # the byte-level alphabet's space: a token "Ġword" decodes to " word"
+
+
+def pad_vocabulary(tokenizer: PreTrainedTokenizerFast, size: int) -> PreTrainedTokenizerFast:
+    """Add filler words to `tokenizer` (in place) until it has `size` tokens; return it.
+
+    A model with a real vocabulary size (OPT's 50272, Qwen's 152064) and random weights emits every id
+    alike: with a trained vocabulary of a few thousand, nearly every id would decode to nothing and most
+    answers would be empty. Each filler is an added token " <syllables>", so every id decodes to a word
+    (text that other tokenizers split into a few pieces each, as they would a rare word).
+    """
+    from tokenizers import AddedToken
+
+    missing = size - len(tokenizer)
+    if missing < 0:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the {size} asked for")
+    vocabulary = tokenizer.get_vocab()
+    fillers: list[AddedToken] = []
+    index = len(_SYLLABLES)  # two syllables at least: fewer words collide with real ones
+    while len(fillers) < missing:
+        word = _SPACE + _filler_word(index)
+        index += 1
+        if word not in vocabulary:
+            fillers.append(AddedToken(word, normalized=False, special=False))
+    tokenizer.add_tokens(fillers)
+    return tokenizer
+
+
+def _filler_word(index: int) -> str:
+    syllables = []
+    while index:
+        index, digit = divmod(index, len(_SYLLABLES))
+        syllables.append(_SYLLABLES[digit])
+    return "".join(reversed(syllables))
+
+
 # Vocabulary of the synthetic captions: COCO-like scenes, FashionIQ-like clothing.
 _SUBJECTS = (
     "man",
