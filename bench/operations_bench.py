@@ -77,11 +77,19 @@ class OnSuite:
     metrics_ports: list[int] = field(default_factory=list)
 
 
-def operations_on(workdir: Path, otlp_endpoint: str, features: Sequence[str] = FEATURES) -> OnSuite:
-    """The `on` suite with `features` turned on (all of them by default)."""
+def operations_on(
+    workdir: Path, otlp_endpoint: str, features: Sequence[str] = FEATURES, sample_ratio: float = 1.0
+) -> OnSuite:
+    """The `on` suite with `features` turned on (all of them by default); traces of `sample_ratio` of the
+    searches recorded (the standard parent-based ratio sampler: a search's spans are all kept or none)."""
     on = OnSuite()
     if "tracing" in features:
         on.env |= {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint}
+        if sample_ratio < 1.0:
+            on.env |= {
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": str(sample_ratio),
+            }
     if "metrics" in features:
         for service in Service:
             port = free_port()
@@ -202,6 +210,12 @@ def main() -> None:
         default=",".join(FEATURES),
         help="what `on` turns on (default all): " + ", ".join(FEATURES),
     )
+    parser.add_argument(
+        "--trace-sample-ratio",
+        type=float,
+        default=1.0,
+        help="share of searches traced (default 1: every one); production usually samples, e.g. 0.1",
+    )
     args = parser.parse_args()
     features = [f for f in args.features.split(",") if f]
     unknown = set(features) - set(FEATURES)
@@ -215,7 +229,7 @@ def main() -> None:
         sink, endpoint = sink_at
         work = Path(scratch)
         profile = build_tiny_pack(work / "tiny-pack", echo=None)
-        on = operations_on(work, endpoint, features)
+        on = operations_on(work, endpoint, features, args.trace_sample_ratio)
         suites = {
             "off": LocalSuite(profile=profile, workdir=work / "off"),
             "on": LocalSuite(
@@ -270,6 +284,7 @@ def main() -> None:
         )
     result = {
         "features": features,
+        "trace_sample_ratio": args.trace_sample_ratio,
         "runs": runs,
         "overhead": overhead,
         "target_p50_slower_pct": TARGET_P50_SLOWER_PCT,

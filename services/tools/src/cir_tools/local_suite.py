@@ -234,7 +234,9 @@ class LocalSuite:
 
     def _probe_channel(self, name: str, address: str) -> grpc.Channel:
         """A channel for health probes: over TLS when the service's environment turns TLS on."""
-        tls = health_probe_tls(self.environment(name), _identity(name).env_prefix)
+        # The TLS settings are the caller's (extra_env or this process's environment), never ones the suite
+        # derives, so a suite assembled without start() (ports unknown) probes the same way.
+        tls = health_probe_tls({**os.environ, **self.extra_env}, _identity(name).env_prefix)
         if tls is None:
             return grpc.insecure_channel(address)
         return grpc.secure_channel(address, channel_credentials(tls.load()))
