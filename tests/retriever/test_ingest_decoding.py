@@ -23,16 +23,21 @@ from cir_retriever.settings import RetrieverSettings
 from cir_tools.local_redis import free_port
 
 
-@pytest.fixture
-def retriever(tmp_path) -> Iterator[RunningRetriever]:
+def _settings_with_models_down(tmp_path, **overrides: Any) -> RetrieverSettings:
+    """A retriever whose three model services are down (nothing listens at their addresses)."""
     down = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    settings = RetrieverSettings(
+    return RetrieverSettings(
         store_dir=str(tmp_path / "collections"),
         encoder_address=down[0],
         captioner_address=down[1],
         reasoner_address=down[2],
+        **overrides,
     )
-    running = start_retriever(settings)
+
+
+@pytest.fixture
+def retriever(tmp_path) -> Iterator[RunningRetriever]:
+    running = start_retriever(_settings_with_models_down(tmp_path))
     yield running
     running.stop()
 
@@ -85,15 +90,11 @@ def test_ingest_decodes_off_the_event_loop_and_keeps_per_item_outcomes(retriever
 
 
 def test_a_collection_created_by_its_first_ingest_gets_the_servers_defaults(tmp_path):
-    down = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    settings = RetrieverSettings(
-        store_dir=str(tmp_path / "collections"),
-        encoder_address=down[0],
-        captioner_address=down[1],
-        reasoner_address=down[2],
+    settings = _settings_with_models_down(
+        tmp_path,
         default_num_captions=3,
-        default_decoding_variant="nucleus",  # type: ignore[arg-type]
-        default_preprocessing="model_default",  # type: ignore[arg-type]
+        default_decoding_variant="nucleus",
+        default_preprocessing="model_default",
     )
     running = start_retriever(settings)
     try:
