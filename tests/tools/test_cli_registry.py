@@ -51,7 +51,7 @@ def test_cir_help_lists_every_command_and_imports_none() -> None:
     assert "grpc" not in modules and "cir.retriever.v1.retriever_pb2_grpc" not in modules
 
 
-@pytest.mark.parametrize("command", ["index", "search", "models"])
+@pytest.mark.parametrize("command", ["index", "search", "models", "train"])
 def test_a_command_help_imports_that_command_alone(command: str) -> None:
     text, modules = _help_in_a_fresh_interpreter([command, "--help"])
     assert text.startswith(f"usage: cir {command} ")

@@ -43,6 +43,7 @@ COMMANDS: dict[str, Command] = {
         "write a tiny CIRCO / CIRR / FashionIQ split in its official layout",
     ),
     "models": Command("cir_tools.commands.models", "model packs"),
+    "train": Command("cir_tools.commands.train", "train models on CPU (phi: a mapping network for a CLIP)"),
     "keys": Command("cir_tools.commands.keys", "make an API key of the retriever and its keys-file entry"),
 }
 

@@ -1,7 +1,12 @@
 """`cir demo`: the main job on one machine.
 
-Starts the suite (Redis + four services), indexes the sample gallery, runs a few composed queries,
-prints the rankings with their explanations and writes an HTML page that shows them.
+Starts the suite (Redis + four services), indexes a gallery, runs a few composed queries, prints the
+rankings with their explanations and writes an HTML page that shows them.
+
+Without a profile the demo runs on the world pack (`cir models world`, built on first use and cached):
+models trained on the synthetic scene world, a heldout world gallery and queries whose targets it knows,
+so the page shows whether each query found its target. With the tiny pack's profile (random weights) or a
+profile of real models it indexes the sample gallery instead.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from cir_client.retriever import (
     search_request,
 )
 from cir_tools.local_suite import STARTUP_TIMEOUT_ENV, LocalSuite, startup_timeout_s
-from cir_tools.packs.tiny import PROFILE_HEADER, build_tiny_pack
+from cir_tools.packs.tiny import PROFILE_HEADER
+from cir_tools.packs.world import WORLD_PROFILE_HEADER, build_world_pack, default_pack_dir
 from cir_tools.sample_gallery import write_sample_gallery
 
 COLLECTION = "samples"
@@ -41,6 +47,8 @@ class DemoQuery:
     text: str
     strategy: str = "cvsi"
     by_image: bool = False
+    # The image the query should find first, when the demo knows it (the world's queries).
+    target_id: str = ""
 
 
 QUERIES = (
@@ -52,14 +60,29 @@ QUERIES = (
 
 
 def run_demo(out: Path, profile: Path | None, gallery: Path | None = None, top_k: int = 5) -> Path:
-    """Run the demo; `gallery` None draws the sample gallery into `out/gallery`."""
+    """Run the demo; `profile` None is the world pack; `gallery` None draws the gallery that fits the
+    profile (the world's demo set, or the sample gallery) into `out/gallery`."""
     out.mkdir(parents=True, exist_ok=True)
-    if gallery is None:
-        gallery = write_sample_gallery(out / "gallery")
     if profile is None:
-        print("no profile given: building the tiny model pack (random weights) ...", flush=True)
-        profile = build_tiny_pack(out / "tiny-pack", echo=None)
-    random_weights = profile.read_text(encoding="utf-8").startswith(PROFILE_HEADER)
+        pack = default_pack_dir()
+        print(
+            f"no profile given: the world model pack in {pack} (trained on first use: minutes) ...",
+            flush=True,
+        )
+        profile = build_world_pack(pack)
+    header = profile.read_text(encoding="utf-8")
+    random_weights = header.startswith(PROFILE_HEADER)
+    queries: tuple[DemoQuery, ...] = QUERIES
+    if gallery is None and header.startswith(WORLD_PROFILE_HEADER):
+        from cir_tools.world.demo_set import write_demo_set
+
+        gallery = out / "gallery"
+        queries = tuple(
+            DemoQuery(q.reference_id, q.text, q.strategy, target_id=q.target_id)
+            for q in write_demo_set(gallery)
+        )
+    elif gallery is None:
+        gallery = write_sample_gallery(out / "gallery")
     limit = startup_timeout_s()
     print(
         f"starting the suite with {profile} (logs in {out / 'suite'}; start-up limit {limit:g} s, "
@@ -81,7 +104,7 @@ def run_demo(out: Path, profile: Path | None, gallery: Path | None = None, top_k
         for item_id, why in summary.failures:
             print(f"  failed {item_id}: {why}")
         results = []
-        for query in QUERIES:
+        for query in queries:
             reference = gallery / f"{query.reference_id}.png"
             request = search_request(
                 COLLECTION,
@@ -96,6 +119,8 @@ def run_demo(out: Path, profile: Path | None, gallery: Path | None = None, top_k
             how = "image bytes" if query.by_image else "id in the collection"
             print(f"\nquery: {query.reference_id} ({how}) + {query.text!r}")
             print(format_response(response))
+            if query.target_id:
+                print(target_line(query.target_id, [hit.id for hit in response.hits]))
             results.append((query, response))
     finally:
         suite.stop()
@@ -105,6 +130,13 @@ def run_demo(out: Path, profile: Path | None, gallery: Path | None = None, top_k
         print(f"\n{RANDOM_WEIGHTS_NOTICE}")
     print(f"\nwrote {page}")
     return page
+
+
+def target_line(target_id: str, ranked_ids: list[str]) -> str:
+    """Where the query's known target landed: `target dev-1-img1: rank 1` (or not in the top k)."""
+    if target_id in ranked_ids:
+        return f"target {target_id}: rank {ranked_ids.index(target_id) + 1}"
+    return f"target {target_id}: not in the top {len(ranked_ids)}"
 
 
 def _clip(text: str, limit: int = 160) -> str:
@@ -129,14 +161,17 @@ def render_page(
     sections = []
     for query, response in results:
         explanation = response.explanation
+        ranked = [h.id for h in response.hits]
         hits = "".join(
-            f'<figure><img src="{_data_uri(files[h.id])}" alt="{html.escape(h.id)}">'
+            ('<figure class="target">' if h.id == query.target_id else "<figure>")
+            + f'<img src="{_data_uri(files[h.id])}" alt="{html.escape(h.id)}">'
             f"<figcaption>{rank}. {html.escape(h.id)}<br>{h.score:+.4f}</figcaption></figure>"
             for rank, h in enumerate(response.hits, start=1)
             if h.id in files
         )
         details = [
             ("strategy", enum_label(retriever_pb2.Strategy, response.resolved.strategy, "STRATEGY_")),
+            ("target", target_line(query.target_id, ranked) if query.target_id else ""),
             ("captions", _listing(explanation.captions)),
             ("edited captions", _listing(explanation.edited_captions)),
             ("added objects", _clip(explanation.added_objects)),
@@ -160,7 +195,8 @@ section {{ border-top: 1px solid #ccc; padding: 1em 0; }}
 .query {{ display: flex; gap: 2em; align-items: flex-start; }}
 .hits {{ display: flex; gap: 1em; flex-wrap: wrap; margin-top: 1em; }}
 figure {{ margin: 0; text-align: center; font-size: 12px; }}
-img {{ width: 128px; height: 128px; border: 1px solid #999; }}
+img {{ width: 128px; height: 128px; border: 1px solid #999; image-rendering: pixelated; }}
+.target img {{ border: 4px solid #2a8a2a; }}
 th {{ text-align: left; padding-right: 1em; vertical-align: top; }}
 </style></head><body>
 <h1>Composed image retrieval: demo</h1>{notice}

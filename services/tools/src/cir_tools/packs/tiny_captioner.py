@@ -2,7 +2,8 @@
 
 Saved with `save_pretrained` next to its processor, so `load_blip2` reads it exactly as a real
 Salesforce/blip2-* folder. The tokenizer is trained on synthetic captions (no tokenizer can be downloaded).
-`write_blip2` writes any BLIP-2 shape this way (the paper-shaped pack's OPT-6.7b one too).
+`write_blip2` writes any BLIP-2 shape this way (the paper-shaped pack's OPT-6.7b one too); `save_blip2`
+is the one writer of every BLIP-2 folder, random or trained (`cir_tools.training.blip2`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from cir_tools.packs.tokenizer import IMAGE, synthetic_captions, train_bpe_token
 
 if TYPE_CHECKING:
     import torch
-    from transformers import Blip2Config, PreTrainedTokenizerFast
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        PreTrainedTokenizerFast,
+    )
 
 TINY_BLIP2_IMAGE_SIZE = 32
 TINY_BLIP2_QUERY_TOKENS = 8
@@ -105,16 +111,25 @@ def write_blip2(
 ) -> Path:
     """Write a random BLIP-2 of `shapes` (weights drawn from `seed` on `device` in `dtype`) with its
     processor and `tokenizer` to `out_dir`, as `save_pretrained` writes a published one; return the folder."""
-    from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    from transformers import Blip2ForConditionalGeneration
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     model = random_model(
         Blip2ForConditionalGeneration, blip2_config(shapes, tokenizer), seed, device=device, dtype=dtype
     )
+    apply_generation_defaults(model, shapes)
+    return save_blip2(out_dir, model, blip2_processor(shapes, tokenizer))
+
+
+def apply_generation_defaults(model: Blip2ForConditionalGeneration, shapes: Blip2Shapes) -> None:
+    """Set `shapes.generation` on the model's generation_config (saved with it as generation_config.json)."""
     for key, value in shapes.generation.items():
         setattr(model.generation_config, key, value)
-    model.save_pretrained(str(out_dir), max_shard_size=SHARD_SIZE)
-    del model
+
+
+def blip2_processor(shapes: Blip2Shapes, tokenizer: PreTrainedTokenizerFast) -> Blip2Processor:
+    """The processor of a BLIP-2 of `shapes`: resize to the vision input size, CLIP normalisation, one
+    `<image>` placeholder per query token before the text."""
+    from transformers import Blip2Processor, BlipImageProcessor
 
     image_size = shapes.vision["image_size"]
     image_processor = BlipImageProcessor(
@@ -122,6 +137,13 @@ def write_blip2(
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
     )
-    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=shapes.num_query_tokens)
+    return Blip2Processor(image_processor, tokenizer, num_query_tokens=shapes.num_query_tokens)
+
+
+def save_blip2(out_dir: Path, model: Blip2ForConditionalGeneration, processor: Blip2Processor) -> Path:
+    """Save `model` (random or trained) and `processor` to `out_dir` as a published Salesforce/blip2-*
+    folder is laid out, so the captioner's production loader reads it unchanged; return the folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), max_shard_size=SHARD_SIZE)
     processor.save_pretrained(str(out_dir))
     return out_dir

@@ -3,7 +3,8 @@
 The files are laid out so that every production loading form works on them: `clip/` is a config dir for
 `add_model_config` (cir-tiny-clip.json) and, through open_clip_config.json, also a `local-dir:` folder.
 The real CLIP BPE tokenizer ships inside open_clip, so tokenisation (`$` -> 259) is the real one.
-`write_open_clip` and `write_phi` write any architecture this way (the paper-shaped pack's ViT-L/14 too).
+`write_open_clip` and `write_phi` write any architecture this way (the paper-shaped pack's ViT-L/14 too);
+`save_open_clip`, `save_phi` and `save_pic2word` save trained models the same way (`cir_tools.training`).
 """
 
 from __future__ import annotations
@@ -66,10 +67,7 @@ def build_tiny_encoder(out_dir: Path, seed: int = 0) -> TinyEncoderFiles:
     # One network per textual-inversion strategy, each in its publisher's file format.
     searle_path = write_phi(phi_dir / SEARLE_CHECKPOINT_NAME, TINY_EMBED_DIM, TINY_TEXT_WIDTH)
     pic2word = Pic2WordMapping(TINY_EMBED_DIM, TINY_TEXT_WIDTH, hidden_dim=64, num_blocks=2)
-    pic2word_path = phi_dir / PIC2WORD_CHECKPOINT_NAME
-    torch.save(
-        {"state_dict_img2text": {f"module.{k}": v for k, v in pic2word.state_dict().items()}}, pic2word_path
-    )
+    pic2word_path = save_pic2word(pic2word, phi_dir / PIC2WORD_CHECKPOINT_NAME)
     return TinyEncoderFiles(
         config_dir=clip_dir,
         checkpoint=checkpoint,
@@ -91,24 +89,35 @@ def write_open_clip(
     and a CLIP of it with random weights drawn from `seed` (on `device`, in `dtype`); return the checkpoint.
     """
     from open_clip.model import CLIP
+
+    model = random_model(lambda cfg: CLIP(**cfg), config, seed, device=device, dtype=dtype)
+    return save_open_clip(model, clip_dir, name, config)
+
+
+def open_clip_preprocess_config() -> dict[str, Any]:
+    """The eval-time image preprocessing the `local-dir:` form reads (open_clip's PreprocessCfg keys)."""
+    return {
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+
+
+def save_open_clip(model: torch.nn.Module, clip_dir: Path, name: str, config: dict[str, Any]) -> Path:
+    """Save `model` (an open_clip CLIP of architecture `config`, random or trained) in the pack layout:
+    `<name>.json` for a config dir, open_clip_config.json for `local-dir:`, and the weights as safetensors.
+    Returns the checkpoint path.
+    """
     from safetensors.torch import save_file
 
     clip_dir.mkdir(parents=True, exist_ok=True)
     (clip_dir / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     # The local-dir form reads this file instead; it also carries the preprocessing.
-    local_dir_config = {
-        "model_cfg": config,
-        "preprocess_cfg": {
-            "mean": list(CLIP_MEAN),
-            "std": list(CLIP_STD),
-            "interpolation": "bicubic",
-            "resize_mode": "shortest",
-        },
-    }
+    local_dir_config = {"model_cfg": config, "preprocess_cfg": open_clip_preprocess_config()}
     (clip_dir / "open_clip_config.json").write_text(
         json.dumps(local_dir_config, indent=2) + "\n", encoding="utf-8"
     )
-    model = random_model(lambda cfg: CLIP(**cfg), config, seed, device=device, dtype=dtype)
     state = {key: tensor.detach().to("cpu").contiguous() for key, tensor in model.state_dict().items()}
     checkpoint = clip_dir / CLIP_CHECKPOINT_NAME
     save_file(
@@ -119,6 +128,20 @@ def write_open_clip(
 
 def write_phi(path: Path, embed_dim: int, text_width: int) -> Path:
     """A random Phi (embed_dim -> 4x -> 4x -> text_width), saved as LinCIR and SEARLE do ({"Phi": ...})."""
+    return save_phi(Phi(embed_dim, text_width), path)
+
+
+def save_phi(phi: Phi, path: Path) -> Path:
+    """Save a Phi (random or trained) as LinCIR and SEARLE publish it: `{"Phi": state_dict}`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"Phi": Phi(embed_dim, text_width).state_dict()}, path)
+    torch.save({"Phi": {key: value.detach().cpu() for key, value in phi.state_dict().items()}}, path)
+    return path
+
+
+def save_pic2word(mapping: Pic2WordMapping, path: Path) -> Path:
+    """Save a Pic2Word mapping as Pic2Word publishes it: `{"state_dict_img2text": {"module." + key: ...}}`
+    (its training ran under DataParallel, hence the prefix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"module.{key}": value.detach().cpu() for key, value in mapping.state_dict().items()}
+    torch.save({"state_dict_img2text": state}, path)
     return path

@@ -14,7 +14,7 @@ import inspect
 import itertools
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from cir_tools.packs.common import SHARD_SIZE, random_model, special_token_ids
 from cir_tools.packs.tokenizer import synthetic_captions, train_bpe_tokenizer
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 TINY_LLM_CONTEXT = 8192
 _TOKENIZER_VOCAB = 4000
@@ -168,34 +168,57 @@ def llm_tokenizer(seed: int = 0, templates_dir: Path | None = None) -> PreTraine
         instruction_corpus(1500, seed=seed),
         stdlib_docstrings(),
     )
+    return chat_tokenizer(corpus, _TOKENIZER_VOCAB, TINY_LLM_CONTEXT)
+
+
+def chat_tokenizer(corpus: Iterable[str], vocab_size: int, context: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus`, with the role tokens and the chat template of the
+    tiny LLMs, padding on the left: the random pack's and the trained world model's alike."""
     return train_bpe_tokenizer(
         corpus,
-        _TOKENIZER_VOCAB,
+        vocab_size,
         extra_specials=_ROLE_TOKENS,
-        model_max_length=TINY_LLM_CONTEXT,
+        model_max_length=context,
         padding_side="left",
         chat_template=CHAT_TEMPLATE,
     )
 
 
-def build_tiny_llm(out_dir: Path, seed: int = 0, templates_dir: Path | None = None) -> Path:
-    """Write a tiny Llama folder (model, tokenizer, chat template) to `out_dir` and return it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    layers: int = 2,
+    heads: int = 2,
+    context: int = TINY_LLM_CONTEXT,
+) -> LlamaConfig:
+    """A small Llama config for `tokenizer`; head_dim = hidden_size / heads must be 32 or 64 for vLLM's CPU
+    attention on AVX2."""
+    from transformers import LlamaConfig
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = llm_tokenizer(seed, templates_dir)
-    config = LlamaConfig(
+    if hidden_size % heads or hidden_size // heads not in (32, 64):
+        raise ValueError(f"head_dim {hidden_size}/{heads} must be 32 or 64 (vLLM CPU attention)")
+    return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=TINY_LLM_CONTEXT,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=context,
         tie_word_embeddings=False,
         **special_token_ids(tokenizer),
     )
-    return write_causal_lm(out_dir, LlamaForCausalLM, config, tokenizer, seed)
+
+
+def build_tiny_llm(out_dir: Path, seed: int = 0, templates_dir: Path | None = None) -> Path:
+    """Write a tiny Llama folder (model, tokenizer, chat template) to `out_dir` and return it."""
+    from transformers import LlamaForCausalLM
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = llm_tokenizer(seed, templates_dir)
+    return write_causal_lm(out_dir, LlamaForCausalLM, tiny_llama_config(tokenizer), tokenizer, seed)
 
 
 def write_causal_lm(
@@ -210,10 +233,16 @@ def write_causal_lm(
 ) -> Path:
     """Write `model_class(config)` with random weights drawn from `seed` (on `device`, in `init_dtype`) and
     `tokenizer` to `out_dir` as a published LLM folder; return the folder."""
+    model = random_model(model_class, config, seed, device=device, dtype=init_dtype)
+    return save_causal_lm(out_dir, model, tokenizer)
+
+
+def save_causal_lm(out_dir: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """Write `model` (converted to bfloat16 in place) and `tokenizer` to `out_dir` as a published LLM
+    folder; return the folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # bfloat16 on disk like published LLMs: vLLM then loads it as is instead of downcasting float32.
-    model = random_model(model_class, config, seed, device=device, dtype=init_dtype).to(torch.bfloat16)
+    model.to(torch.bfloat16)
     model.save_pretrained(str(out_dir), max_shard_size=SHARD_SIZE)
-    del model
     tokenizer.save_pretrained(str(out_dir))
     return out_dir

@@ -1,0 +1,1 @@
+"""The synthetic scene world: scenes, their images and texts, edits with targets and distractors, datasets."""
