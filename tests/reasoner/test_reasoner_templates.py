@@ -14,6 +14,7 @@ from cir_reasoner.settings import ReasonerSettings
 from cir_reasoner.templates import Example, TemplateRegistry, load_template_file
 
 BUILTINS = {
+    "difference_instructcir": "difference",
     "edit_contextual": "edit",
     "edit_structural": "edit",
     "edit_structural_fashion": "edit",

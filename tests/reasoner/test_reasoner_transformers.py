@@ -190,7 +190,11 @@ def test_the_prompt_budget_drops_captions_and_says_so(
             "INVALID_ARGUMENT",
             "sampling.stop takes",
         ),
-        (edit_request(template="edit_cirr"), "NOT_FOUND", "known: edit_contextual, edit_structural"),
+        (
+            edit_request(template="edit_cirr"),
+            "NOT_FOUND",
+            "known: difference_instructcir, edit_contextual, edit_structural",
+        ),
         (edit_request(template="objects_added"), "INVALID_ARGUMENT", "is a objects_added template, not edit"),
         (edit_request(mode=7), "INVALID_ARGUMENT", "unknown mode value 7"),
     ],
@@ -270,6 +274,7 @@ def test_an_unknown_template_name_is_echoed_cut(reasoner: RunningReasoner) -> No
 def test_templates_over_grpc_builtins_and_a_user_file(reasoner: RunningReasoner) -> None:
     listed = reasoner.stub.ListTemplates(reasoner_pb2.ListTemplatesRequest()).templates
     assert [(t.name, t.builtin) for t in listed] == [
+        ("difference_instructcir", True),
         ("edit_contextual", True),
         ("edit_structural", True),
         ("edit_structural_fashion", True),
@@ -288,7 +293,8 @@ def test_templates_over_grpc_builtins_and_a_user_file(reasoner: RunningReasoner)
             )
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "unknown prompt template 'objects'; known: edit_contextual" in caught.value.details()
+    known = "known: difference_instructcir, edit_contextual"
+    assert f"unknown prompt template 'objects'; {known}" in caught.value.details()
     assert "short_edit" in caught.value.details()
 
 

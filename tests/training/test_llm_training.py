@@ -269,7 +269,7 @@ def test_a_briefly_trained_model_served_by_vllm_through_the_reasoner_answers_in_
     answers = asyncio.run(serve())
     gc.collect()
     world = _world_words()
-    for task in llm.Task:
+    for task in llm.DEFAULT_TASK_MIX:
         parsed = [
             a for a, s in zip(answers, samples, strict=True) if s.task == task and a.outcome is Outcome.PARSED
         ]
@@ -279,3 +279,25 @@ def test_a_briefly_trained_model_served_by_vllm_through_the_reasoner_answers_in_
             assert words and set(words) <= world, answer.text
     scored = llm.score([a.raw_output for a in answers], samples, templates)
     print(f"vLLM exact match after {SERVED.steps} steps: {scored}")
+
+
+def test_difference_samples_pair_the_canonical_captions_and_answer_the_instruction(tokenizer: object) -> None:
+    edits = stand_in_edits(4, seed=9)
+    templates = llm.world_templates(llm.TRIPLET_TEMPLATES_DIR)
+    template = templates.get("difference_instructcir", TemplateTask.DIFFERENCE)
+    assert not template.builtin  # the world's short prompt, not the paper's
+    samples = llm.make_samples(edits, tokenizer, templates, random.Random(0), {llm.Task.DIFFERENCE: 1.0})
+    encoder = llm.chat_encoder(tokenizer)
+    for edit, sample in zip(edits, samples, strict=True):
+        assert sample.captions == (edit.reference_captions[0], edit.target_caption)
+        assert (sample.answer, sample.template, sample.instruction) == (edit.instruction, template.name, "")
+        built = llm.build_prompt(llm.Task.DIFFERENCE, template, sample.captions, "", encoder)
+        assert built.token_ids == sample.prompt_ids
+
+
+def test_the_triplet_llm_trains_on_differences_alone_from_its_own_templates() -> None:
+    config = llm.triplet_llm_config(seed=3, context=1024)
+    assert config.task_mix == {llm.Task.DIFFERENCE: 1.0}
+    assert llm.templates_dir(config) == llm.TRIPLET_TEMPLATES_DIR
+    assert llm.templates_dir(llm.LlmTrainingConfig()) == llm.WORLD_TEMPLATES_DIR
+    assert llm.Task.DIFFERENCE not in llm.DEFAULT_TASK_MIX

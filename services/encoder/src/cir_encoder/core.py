@@ -1,8 +1,9 @@
-"""The encoder's core: image, text and composed-prompt embeddings with batching and caching. No protos here.
+"""The encoder's core: image, text, composed-prompt and InstructCIR embeddings with batching and caching.
+No protos here.
 
 `Encoder` is what the gRPC layer (`service.py`) calls after converting a request; it returns dataclasses
 (vectors as float32 numpy arrays) and raises `cir_common.errors` types, which the server maps to status
-codes. It owns the model (`EncoderEngine`), the three micro-batchers, the cache and the process's budget of
+codes. It owns the model (`EncoderEngine`), the micro-batchers, the cache and the process's budget of
 decoded image bytes, and checks every limit that does not depend on the wire format.
 """
 
@@ -20,13 +21,19 @@ from PIL import Image
 from cir_common.batching import BatchStats, MicroBatcher
 from cir_common.cache import Cache, cache_from_settings, cache_key
 from cir_common.errors import InvalidArgument, Unavailable
-from cir_common.images import DecodeBudget, DecodeBudgetStats, content_hash
+from cir_common.images import DecodeBudget, DecodeBudgetStats, DecodedImage, content_hash
 from cir_common.memo import get_or_compute
 from cir_common.service_kit import ImageIntake, ImageReader, StageTimer, pending_items_limit, require_items
 from cir_common.vectors import pack_f32, unpack_f32
 from cir_common.vocabulary import Preprocessing
 from cir_encoder.clip_loading import load_clip
 from cir_encoder.engine import PLACEHOLDER, EncoderEngine
+from cir_encoder.instructcir_serving import (
+    InstructCirModel,
+    checkpoint_details,
+    checkpoint_name,
+    load_served_instructcir,
+)
 from cir_encoder.phi import LoadedPhi, load_phi
 from cir_encoder.preprocessing import check_aspect_ratio
 from cir_encoder.settings import ENV_PREFIX, EncoderSettings
@@ -99,6 +106,41 @@ class ComposedEmbeddings:
 
 
 @dataclass(frozen=True)
+class InstructCirQuery:
+    """A reference image and the instruction saying how to change it (method.md 4.2)."""
+
+    text: str
+    reference_image: ImageReader | None
+
+
+@dataclass(frozen=True)
+class InstructCirQueryEmbeddings:
+    vectors: np.ndarray  # (n, embedding_dim) float32
+    model: ModelIdentity  # the InstructCIR checkpoint
+    normalized: bool
+    fused: bool  # Eq. 3
+    truncated: list[bool]
+    timer: StageTimer
+
+
+@dataclass(frozen=True)
+class InstructCirTargetEmbeddings:
+    vectors: np.ndarray  # (n, embedding_dim) float32
+    model: ModelIdentity  # the InstructCIR checkpoint
+    normalized: bool
+    cache_hits: list[bool]
+    timer: StageTimer
+
+
+@dataclass(frozen=True)
+class InstructCirInfo:
+    model: ModelIdentity
+    embedding_dim: int
+    has_fusion: bool
+    fusion_weight: float | None  # Eq. 3's weight of the query; None without fusion
+
+
+@dataclass(frozen=True)
 class MappingNetworkInfo:
     name: str
     model: ModelIdentity
@@ -122,6 +164,7 @@ class ModelInfo:
     dtype: str
     max_batch_items: int
     normalized_by_default: bool
+    instructcir: InstructCirInfo | None = None  # set when an InstructCIR checkpoint is loaded
 
 
 @dataclass(frozen=True)
@@ -131,13 +174,17 @@ class EncoderStats:
     texts: BatchStats | None
     composed: BatchStats | None
     decode_budget: DecodeBudgetStats
+    # None also when no InstructCIR checkpoint is loaded
+    instructcir_queries: BatchStats | None = None
+    instructcir_targets: BatchStats | None = None
 
 
 # --- the core -------------------------------------------------------------------------------------------
 
 
 def build_engine(settings: EncoderSettings) -> EncoderEngine:
-    """Loads CLIP and every configured mapping network; a mapping network that does not fit is refused."""
+    """Loads CLIP, every configured mapping network and the InstructCIR checkpoint when one is set; a mapping
+    network or checkpoint that does not fit the CLIP is refused (ConfigError)."""
     clip = load_clip(
         settings.clip_model,
         settings.clip_pretrained or None,
@@ -149,6 +196,9 @@ def build_engine(settings: EncoderSettings) -> EncoderEngine:
         name: load_phi(path, clip.embed_dim, clip.text_width, device=clip.device)
         for name, path in sorted(settings.mapping_networks.items())
     }
+    instructcir = None
+    if settings.instructcir_checkpoint:
+        instructcir = InstructCirModel(load_served_instructcir(settings.instructcir_checkpoint, clip), clip)
     return EncoderEngine(
         clip,
         networks,
@@ -156,6 +206,7 @@ def build_engine(settings: EncoderSettings) -> EncoderEngine:
         settings.target_pad_ratio,
         max_aspect_ratio=settings.max_aspect_ratio,
         max_canvas_pixels=settings.max_image_pixels,
+        instructcir=instructcir,
     )
 
 
@@ -166,6 +217,15 @@ def _normalized(matrix: np.ndarray) -> np.ndarray:
 
 def _phi_identity(name: str, phi: LoadedPhi, details: dict[str, str]) -> ModelIdentity:
     return ModelIdentity(name=name, revision=phi.sha256, family=phi.architecture, details=details)
+
+
+def _instructcir_identity(model: InstructCirModel) -> ModelIdentity:
+    return ModelIdentity(
+        name=checkpoint_name(model),
+        revision=model.loaded.sha256,
+        family="instructcir",
+        details=checkpoint_details(model),
+    )
 
 
 class Encoder:
@@ -181,9 +241,23 @@ class Encoder:
         self._composed_batcher: (
             MicroBatcher[str, tuple[str, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
         ) = None
+        # Keyed by (preprocessing, fused); made only when an InstructCIR checkpoint is loaded.
+        self._instructcir_query_batcher: (
+            MicroBatcher[tuple[Preprocessing, bool], tuple[Image.Image, str], np.ndarray] | None
+        ) = None
+        self._instructcir_target_batcher: MicroBatcher[Preprocessing, Image.Image, np.ndarray] | None = None
+
+    def _batchers(self) -> list[MicroBatcher[Any, Any, Any] | None]:
+        return [
+            self._image_batcher,
+            self._text_batcher,
+            self._composed_batcher,
+            self._instructcir_query_batcher,
+            self._instructcir_target_batcher,
+        ]
 
     async def close(self) -> None:
-        for batcher in (self._image_batcher, self._text_batcher, self._composed_batcher):
+        for batcher in self._batchers():
             if batcher is not None:
                 batcher.close()
         await self.cache.close()
@@ -223,14 +297,29 @@ class Encoder:
         self._image_batcher = batcher(run_images, "images")
         self._text_batcher = batcher(run_texts, "texts")
         self._composed_batcher = batcher(run_composed, "composed")
+        if engine.instructcir is not None:
+
+            def run_instructcir_queries(
+                key: tuple[Preprocessing, bool], items: list[tuple[Image.Image, str]]
+            ) -> list[np.ndarray]:
+                kind, fused = key
+                images, texts = [image for image, _ in items], [text for _, text in items]
+                return list(engine.embed_instructcir_queries(kind, images, texts, fused))
+
+            def run_instructcir_targets(kind: Preprocessing, images: list[Image.Image]) -> list[np.ndarray]:
+                return list(engine.embed_instructcir_targets(kind, images))
+
+            self._instructcir_query_batcher = batcher(run_instructcir_queries, "instructcir_queries")
+            self._instructcir_target_batcher = batcher(run_instructcir_targets, "instructcir_targets")
         self._engine = engine
         log.info(
-            "loaded %s (dim %d) on %s/%s; mapping networks: %s",
+            "loaded %s (dim %d) on %s/%s; mapping networks: %s; InstructCIR: %s",
             engine.identity,
             engine.clip.embed_dim,
             engine.clip.device,
             engine.clip.precision,
             ", ".join(engine.mapping_networks) or "none",
+            engine.instructcir.identity if engine.instructcir is not None else "none",
         )
 
     @property
@@ -248,6 +337,8 @@ class Encoder:
             texts=of(self._text_batcher),
             composed=of(self._composed_batcher),
             decode_budget=self.decode_budget.stats,
+            instructcir_queries=of(self._instructcir_query_batcher),
+            instructcir_targets=of(self._instructcir_target_batcher),
         )
 
     def _model_identity(self) -> ModelIdentity:
@@ -281,31 +372,60 @@ class Encoder:
                     f"({ENV_PREFIX}MAX_TEXT_CHARS)"
                 )
 
-    async def _raw_image_embeddings(
-        self, images: Sequence[ImageReader], kind: Preprocessing, bypass: bool, timer: StageTimer, field: str
+    def _check_aspect_ratios(self, decoded: Sequence[DecodedImage], field: str) -> None:
+        # Checked per request before batching: one caller's image never fails a batch shared with others.
+        for index, image in enumerate(decoded):
+            check_aspect_ratio(
+                (image.width, image.height),
+                self.settings.max_aspect_ratio,
+                f"{field}[{index}]",
+                f"{ENV_PREFIX}MAX_ASPECT_RATIO",
+            )
+
+    async def _cached_image_vectors(
+        self,
+        images: Sequence[ImageReader],
+        kind: Preprocessing,
+        bypass: bool,
+        timer: StageTimer,
+        field: str,
+        *,
+        batcher: MicroBatcher[Preprocessing, Image.Image, np.ndarray],
+        cache_kind: str,
+        identity: str,
+        dim: int,
     ) -> tuple[np.ndarray, list[bool]]:
+        """A vector per image from `batcher`, cached by image content, model `identity` and preprocessing."""
         # The decoded pixels count against the process's budget until the model has run on them.
         async with self.intake.decoded(images, field, timer) as decoded:
-            # Checked per request before batching: one caller's image never fails a batch shared with others.
-            for index, image in enumerate(decoded):
-                check_aspect_ratio(
-                    (image.width, image.height),
-                    self.settings.max_aspect_ratio,
-                    f"{field}[{index}]",
-                    f"{ENV_PREFIX}MAX_ASPECT_RATIO",
-                )
+            self._check_aspect_ratios(decoded, field)
             params = {"preprocessing": kind, "target_pad_ratio": self.engine.target_pad_ratio}
-            keys = [cache_key("clip_image", self.engine.identity, params, d.content_sha256) for d in decoded]
-            assert self._image_batcher is not None
+            keys = [cache_key(cache_kind, identity, params, d.content_sha256) for d in decoded]
 
             async def compute(indices: list[int]) -> list[bytes]:
-                with timer.stage("embed_images"):
-                    vectors = await self._image_batcher.submit(kind, [decoded[i].image for i in indices])
+                with timer.stage(f"embed_{batcher.name}"):
+                    vectors = await batcher.submit(kind, [decoded[i].image for i in indices])
                 return [pack_f32(v) for v in vectors]
 
             memo = await get_or_compute(self.cache, keys, compute, bypass=bypass)
-        matrix = np.stack([unpack_f32(v, self.engine.clip.embed_dim) for v in memo.values])
+        matrix = np.stack([unpack_f32(v, dim) for v in memo.values])
         return matrix, memo.hits
+
+    async def _raw_image_embeddings(
+        self, images: Sequence[ImageReader], kind: Preprocessing, bypass: bool, timer: StageTimer, field: str
+    ) -> tuple[np.ndarray, list[bool]]:
+        assert self._image_batcher is not None
+        return await self._cached_image_vectors(
+            images,
+            kind,
+            bypass,
+            timer,
+            field,
+            batcher=self._image_batcher,
+            cache_kind="clip_image",
+            identity=self.engine.identity,
+            dim=self.engine.clip.embed_dim,
+        )
 
     async def embed_images(
         self, images: Sequence[ImageReader], preprocessing: str | None, *, normalize: bool, bypass_cache: bool
@@ -456,6 +576,102 @@ class Encoder:
                 rows[index] = row
         return np.stack(rows).astype(np.float32)  # type: ignore[arg-type]
 
+    # --- InstructCIR (method.md 4.2) ---------------------------------------------------------------------
+
+    async def embed_instructcir_queries(
+        self,
+        queries: Sequence[InstructCirQuery],
+        preprocessing: str | None,
+        *,
+        fused: bool,
+        normalize: bool,
+    ) -> InstructCirQueryEmbeddings:
+        """InstructCIR query embeddings of (reference image, instruction) pairs; `fused` is Eq. 3.
+
+        FAILED_PRECONDITION without a checkpoint; `fused` on a checkpoint without a fusion weight is
+        INVALID_ARGUMENT. Eq. 3's vectors are unit-norm whatever `normalize` says (and say so).
+        """
+        model = self.engine.require_instructcir()
+        queries = list(queries)
+        texts = [query.text for query in queries]
+        self._check_texts(texts, "queries")
+        if fused and not model.has_fusion:
+            raise InvalidArgument(
+                f"fused is set, but the InstructCIR checkpoint {checkpoint_name(model)} has no fusion weight "
+                "(Eq. 3; trained without it): send fused=false, or load a checkpoint fine-tuned with fusion"
+            )
+        for index, query in enumerate(queries):
+            if not query.text.strip():
+                raise InvalidArgument(
+                    f"queries[{index}].text is empty: an InstructCIR query needs the instruction saying how "
+                    "to change the reference (for the image alone use EmbedInstructCirTargets)"
+                )
+            if query.reference_image is None:
+                raise InvalidArgument(f"queries[{index}] has no reference_image")
+        kind = self._preprocessing(preprocessing)
+        truncated = self.engine.tokenize(texts).truncated
+        timer = StageTimer()
+        readers = [query.reference_image for query in queries if query.reference_image is not None]
+        assert self._instructcir_query_batcher is not None
+        async with self.intake.decoded(readers, "queries.reference_image", timer) as decoded:
+            self._check_aspect_ratios(decoded, "queries.reference_image")
+            with timer.stage("embed_instructcir_queries"):
+                vectors = await self._instructcir_query_batcher.submit(
+                    (kind, fused), [(d.image, text) for d, text in zip(decoded, texts, strict=True)]
+                )
+        matrix = np.stack(vectors)
+        if normalize:
+            matrix = _normalized(matrix)
+        return InstructCirQueryEmbeddings(
+            vectors=matrix,
+            model=_instructcir_identity(model),
+            normalized=normalize or fused,
+            fused=fused,
+            truncated=truncated,
+            timer=timer,
+        )
+
+    async def embed_instructcir_targets(
+        self, images: Sequence[ImageReader], preprocessing: str | None, *, normalize: bool, bypass_cache: bool
+    ) -> InstructCirTargetEmbeddings:
+        """InstructCIR target embeddings (the EMA tower, null text), cached by image and checkpoint."""
+        model = self.engine.require_instructcir()
+        self._require_items(images, "images")
+        kind = self._preprocessing(preprocessing)
+        timer = StageTimer()
+        assert self._instructcir_target_batcher is not None
+        matrix, hits = await self._cached_image_vectors(
+            images,
+            kind,
+            bypass_cache,
+            timer,
+            "images",
+            batcher=self._instructcir_target_batcher,
+            cache_kind="instructcir_target",
+            identity=model.identity,
+            dim=model.network.embed_dim,
+        )
+        if normalize:
+            matrix = _normalized(matrix)
+        return InstructCirTargetEmbeddings(
+            vectors=matrix,
+            model=_instructcir_identity(model),
+            normalized=normalize,
+            cache_hits=hits,
+            timer=timer,
+        )
+
+    def _instructcir_info(self) -> InstructCirInfo | None:
+        model = self.engine.instructcir
+        if model is None:
+            return None
+        return InstructCirInfo(
+            model=_instructcir_identity(model),
+            embedding_dim=model.network.embed_dim,
+            has_fusion=model.has_fusion,
+            fusion_weight=model.network.fusion_weight,
+        )
+
     def model_info(self) -> ModelInfo:
         engine = self.engine
         clip = engine.clip
@@ -482,4 +698,5 @@ class Encoder:
             dtype=clip.precision,
             max_batch_items=self.settings.max_items_per_request,
             normalized_by_default=False,
+            instructcir=self._instructcir_info(),
         )

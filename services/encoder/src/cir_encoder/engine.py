@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cir_common.errors import ConfigError, InvalidArgument
+from cir_common.errors import ConfigError, FailedPrecondition, InvalidArgument
 from cir_common.vocabulary import Preprocessing
 from cir_encoder.clip_loading import LoadedClip
+from cir_encoder.instructcir_serving import CHECKPOINT_SETTING, InstructCirModel
 from cir_encoder.phi import LoadedPhi
 from cir_encoder.preprocessing import (
     DEFAULT_MAX_ASPECT_RATIO,
@@ -45,8 +46,10 @@ class EncoderEngine:
         *,
         max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
         max_canvas_pixels: int = DEFAULT_MAX_CANVAS_PIXELS,
+        instructcir: InstructCirModel | None = None,
     ) -> None:
         self.clip = clip
+        self.instructcir = instructcir
         self.mapping_networks = mapping_networks
         self.default_mapping_network = default_mapping_network
         self.target_pad_ratio = target_pad_ratio
@@ -87,13 +90,35 @@ class EncoderEngine:
             raise InvalidArgument(f"unknown mapping_network {chosen!r}; known: {known}")
         return chosen, phi
 
-    @torch.inference_mode()
-    def embed_images(self, kind: Preprocessing, images: Sequence[Image.Image]) -> np.ndarray:
+    def pixels(self, kind: Preprocessing, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The images preprocessed as `kind` says, stacked on the model's device in its input dtype."""
         transform = self._transforms[kind]
         # fp16 / bf16 models take their pixels in the patch embedding's dtype (open_clip does not cast).
-        batch = torch.stack([transform(image) for image in images]).to(self.device, self._image_dtype)
-        features = self.clip.model.encode_image(batch)
+        return torch.stack([transform(image) for image in images]).to(self.device, self._image_dtype)
+
+    @torch.inference_mode()
+    def embed_images(self, kind: Preprocessing, images: Sequence[Image.Image]) -> np.ndarray:
+        features = self.clip.model.encode_image(self.pixels(kind, images))
         return features.float().cpu().numpy()
+
+    def require_instructcir(self) -> InstructCirModel:
+        if self.instructcir is None:
+            raise FailedPrecondition(
+                f"this encoder loads no InstructCIR checkpoint: set {CHECKPOINT_SETTING} (profile [encoder] "
+                "instructcir_checkpoint) to one written by `cir train instructcir`, and restart it"
+            )
+        return self.instructcir
+
+    def embed_instructcir_queries(
+        self, kind: Preprocessing, images: Sequence[Image.Image], texts: Sequence[str], fused: bool
+    ) -> np.ndarray:
+        """InstructCIR query embeddings (raw; Eq. 3's fused ones unit-norm) of images with instructions."""
+        model = self.require_instructcir()
+        return model.embed_queries(self.pixels(kind, images), self.tokenize(texts).ids, fused)
+
+    def embed_instructcir_targets(self, kind: Preprocessing, images: Sequence[Image.Image]) -> np.ndarray:
+        """Raw InstructCIR target embeddings: the EMA tower with the null-text token."""
+        return self.require_instructcir().embed_targets(self.pixels(kind, images))
 
     def tokenize(self, texts: Sequence[str]) -> TokenizedTexts:
         ids = self.clip.tokenizer(list(texts))

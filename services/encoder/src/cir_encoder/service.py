@@ -13,7 +13,14 @@ from cir_common.cache import Cache
 from cir_common.proto_enums import PREPROCESSING_TO_PROTO
 from cir_common.service_kit import image_reader
 from cir_common.vectors import vector_from_proto, vector_to_proto
-from cir_encoder.core import ComposedPrompt, Encoder, ModelIdentity, ReadEmbedding
+from cir_encoder.core import (
+    ComposedPrompt,
+    Encoder,
+    InstructCirInfo,
+    InstructCirQuery,
+    ModelIdentity,
+    ReadEmbedding,
+)
 from cir_encoder.settings import EncoderSettings
 
 _PREPROCESSING_FROM_PROTO = {value: name for name, value in PREPROCESSING_TO_PROTO.items()}
@@ -38,6 +45,17 @@ def _vectors_to_proto(matrix: np.ndarray, fmt: int) -> list[common_pb2.Vector]:
 
 def _embedding_reader(vector: common_pb2.Vector) -> ReadEmbedding:
     return lambda dim, label: vector_from_proto(vector, expected_dim=dim, label=label)
+
+
+def _instructcir_info_to_proto(info: InstructCirInfo | None) -> encoder_pb2.InstructCirInfo | None:
+    if info is None:
+        return None
+    return encoder_pb2.InstructCirInfo(
+        model=_identity_to_proto(info.model),
+        embedding_dim=info.embedding_dim,
+        has_fusion=info.has_fusion,
+        fusion_weight=info.fusion_weight or 0.0,
+    )
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
@@ -126,6 +144,49 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             timings=result.timer.as_protos(),
         )
 
+    def _instructcir_query(self, query: encoder_pb2.InstructCirQuery) -> InstructCirQuery:
+        reader = (
+            image_reader(query.reference_image, self.core.settings)
+            if query.HasField("reference_image")
+            else None
+        )
+        return InstructCirQuery(query.text, reference_image=reader)
+
+    async def EmbedInstructCirQueries(
+        self, request: encoder_pb2.EmbedInstructCirQueriesRequest, context: object
+    ) -> encoder_pb2.EmbedInstructCirQueriesResponse:
+        result = await self.core.embed_instructcir_queries(
+            [self._instructcir_query(query) for query in request.queries],
+            _preprocessing_from_proto(request.preprocessing),
+            fused=request.fused,
+            normalize=request.normalize,
+        )
+        return encoder_pb2.EmbedInstructCirQueriesResponse(
+            embeddings=_vectors_to_proto(result.vectors, request.vector_format),
+            model=_identity_to_proto(result.model),
+            normalized=result.normalized,
+            fused=result.fused,
+            truncated=result.truncated,
+            timings=result.timer.as_protos(),
+        )
+
+    async def EmbedInstructCirTargets(
+        self, request: encoder_pb2.EmbedInstructCirTargetsRequest, context: object
+    ) -> encoder_pb2.EmbedInstructCirTargetsResponse:
+        result = await self.core.embed_instructcir_targets(
+            [image_reader(image, self.core.settings) for image in request.images],
+            _preprocessing_from_proto(request.preprocessing),
+            normalize=request.normalize,
+            bypass_cache=request.bypass_cache,
+        )
+        return encoder_pb2.EmbedInstructCirTargetsResponse(
+            embeddings=_vectors_to_proto(result.vectors, request.vector_format),
+            model=_identity_to_proto(result.model),
+            normalized=result.normalized,
+            cache_hits=result.cache_hits,
+            timings=result.timer.as_protos(),
+        )
+
     async def GetModelInfo(
         self, request: encoder_pb2.GetModelInfoRequest, context: object
     ) -> encoder_pb2.GetModelInfoResponse:
@@ -153,4 +214,5 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             dtype=info.dtype,
             max_batch_items=info.max_batch_items,
             normalized_by_default=info.normalized_by_default,
+            instructcir=_instructcir_info_to_proto(info.instructcir),
         )

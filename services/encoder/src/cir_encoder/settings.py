@@ -30,6 +30,8 @@ class EncoderSettings(ServiceSettings):
     # Mapping networks by name (lincir, searle, pic2word, ...) -> checkpoint path.
     mapping_networks: dict[str, str] = dataclasses.field(default_factory=dict)
     default_mapping_network: str = "lincir"
+    # InstructCIR checkpoint (method.md 4.2) trained on this CLIP; empty = no InstructCIR RPCs.
+    instructcir_checkpoint: str = ""
     # "targetpad" (CVSI) or "model_default".
     preprocessing: Preprocessing = Preprocessing.TARGETPAD
     target_pad_ratio: float = 1.25

@@ -19,7 +19,7 @@ from cir_evaluation.evaluate import EvalConfig, evaluate
 from cir_evaluation.model import DatasetName, Split
 from cir_evaluation.runner import EvalRunError, SuiteStarter, print_echo
 from cir_retriever.presets import Preset
-from cir_retriever.strategies import StrategyName
+from cir_retriever.strategies import InstructCirVariant, StrategyName
 
 _WEIGHTS = ("alpha", "beta", "gamma", "weimocir_a", "weimocir_b")
 
@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edit-mode", choices=["per_caption", "joined"], default=None)
     parser.add_argument("--score", choices=["dot", "cosine"], default=None, help="CVSI score function")
     parser.add_argument("--weimocir-variant", choices=["coded", "paper"], default=None)
+    parser.add_argument(
+        "--instructcir-variant",
+        choices=[v.value for v in InstructCirVariant],
+        default=None,
+        help="instructcir query: plain, or fused with the text embedding (Eq. 3)",
+    )
     parser.add_argument(
         "--ldre-form",
         choices=["mean", "weighted"],
@@ -75,6 +81,10 @@ def _options(args: argparse.Namespace) -> retriever_pb2.StrategyOptions:
     if args.weimocir_variant:
         options.weimocir_variant = retriever_pb2.WeiMoCirVariant.Value(
             f"WEI_MO_CIR_VARIANT_{args.weimocir_variant.upper()}"
+        )
+    if args.instructcir_variant:
+        options.instructcir_variant = retriever_pb2.InstructCirVariant.Value(
+            f"INSTRUCT_CIR_VARIANT_{args.instructcir_variant.upper()}"
         )
     return options
 

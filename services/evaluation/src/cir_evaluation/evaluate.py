@@ -23,6 +23,7 @@ from cir_evaluation.feature_cache import (
     QueryCache,
     QueryRecord,
     gallery_cache_path,
+    gallery_has_targets,
     input_signature,
     load_gallery,
     save_gallery,
@@ -131,11 +132,22 @@ def collect(
             collections[key] = name
             ingest_gallery(stub, name, items, config.out, echo)
             path = gallery_cache_path(config.out, key)
-            if not path.exists():
+            stale = (
+                config.strategy is StrategyName.INSTRUCTCIR
+                and path.exists()
+                and not gallery_has_targets(path)
+            )
+            if stale or not path.exists():  # instructcir ranks against the targets: export them too
                 gallery = export_gallery(stub, name)
                 save_gallery(path, gallery.ids, gallery.features)
         started = time.perf_counter()
-        run_queries(stub, queries, collections, template, cache, config.concurrency, echo)
+        # instructcir embeds the reference image with the text: its bytes go with each query.
+        paths = (
+            {item.id: item.path for items in split.galleries.values() for item in items}
+            if config.strategy is StrategyName.INSTRUCTCIR
+            else None
+        )
+        run_queries(stub, queries, collections, template, cache, config.concurrency, echo, paths)
         echo(f"queries ran in {time.perf_counter() - started:.1f} s")
 
 

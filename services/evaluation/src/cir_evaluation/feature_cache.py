@@ -1,7 +1,8 @@
 """The evaluation's on-disk cache: gallery features and, per query, the model outputs behind its ranking.
 
 Layout under the run's --out folder:
-  features/gallery-<key>.npz            ids, t_v, caption_mean, caption_slots of one gallery
+  features/gallery-<key>.npz            ids, t_v, caption_mean, caption_slots (and instructcir_target when
+                                        the collection keeps InstructCIR targets) of one gallery
   features/queries-<signature>.jsonl    one line per finished query: LLM outputs + raw query features
   ingest/<collection>.done              ids the retriever committed (resume skips them)
 
@@ -32,7 +33,13 @@ def input_signature(strategy: StrategyName, options: Options) -> str:
     needs = requirements(strategy, options)
     uses_template = needs.edits is not None
     described = {
-        "needs": {k: (str(v) if v is not None else None) for k, v in asdict(needs).items()},
+        # An absent InstructCIR need is left out: the signatures (cache file names) of the strategies that
+        # came before it stay what they were.
+        "needs": {
+            k: (str(v) if v is not None else None)
+            for k, v in asdict(needs).items()
+            if k != "instructcir" or v is not None
+        },
         "edit_template": options.edit_template if uses_template else "",
         "objects_caption_selection": str(options.objects_caption_selection) if needs.objects else "",
         "weimocir_slots": strategy is StrategyName.WEIMOCIR,
@@ -146,20 +153,33 @@ def gallery_cache_path(out: Path, key: str) -> Path:
 def save_gallery(path: Path, ids: list[str], features: GalleryFeatures) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
+    targets = (
+        {} if features.instructcir_target is None else {"instructcir_target": features.instructcir_target}
+    )
     np.savez(
         partial,
         ids=np.array(ids, dtype=str),
         t_v=features.t_v,
         caption_mean=features.caption_mean,
         caption_slots=features.caption_slots,
+        **targets,
     )
     partial.replace(path)  # never leave a half-written cache under the real name
+
+
+def gallery_has_targets(path: Path) -> bool:
+    """Whether a cached gallery holds InstructCIR targets (one exported by an earlier run may not)."""
+    with np.load(path) as data:
+        return "instructcir_target" in data.files
 
 
 def load_gallery(path: Path) -> tuple[list[str], GalleryFeatures]:
     with np.load(path) as data:
         return [str(i) for i in data["ids"]], GalleryFeatures(
-            t_v=data["t_v"], caption_mean=data["caption_mean"], caption_slots=data["caption_slots"]
+            t_v=data["t_v"],
+            caption_mean=data["caption_mean"],
+            caption_slots=data["caption_slots"],
+            instructcir_target=data["instructcir_target"] if "instructcir_target" in data.files else None,
         )
 
 

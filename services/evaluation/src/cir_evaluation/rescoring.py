@@ -25,6 +25,7 @@ from cir_retriever.strategies import (
     StrategyName,
     compose_query,
     gallery_matrix,
+    ranked_as,
     without_missing_caption_slots,
 )
 
@@ -115,6 +116,8 @@ def query_vector(
     weighted = strategy is StrategyName.LDRE and ldre_weights is not None and edits is not None
     if weighted and len(edits) == len(ldre_weights):  # type: ignore[arg-type]
         return fusion.ldre_weighted_query(edits, ldre_weights), GallerySpec(GalleryKind.IMAGE)
+    # An InstructCIR query whose stage degraded was ranked by its reference image: so it is here.
+    strategy = ranked_as(strategy, inputs)
     return compose_query(strategy, *without_missing_caption_slots(strategy, inputs, options, gallery_slots))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +119,15 @@ def export_gallery(stub: retriever_pb2_grpc.RetrieverServiceStub, collection: st
         parts.append(page_features)
     if not parts:
         raise ValueError(f"collection {collection!r} exported no images")
+    targets = [p.instructcir_target for p in parts]
     return Gallery(
         ids=ids,
         features=GalleryFeatures(
             t_v=np.concatenate([p.t_v for p in parts]),
             caption_mean=np.concatenate([p.caption_mean for p in parts]),
             caption_slots=np.concatenate([p.caption_slots for p in parts]),
+            # the collection's InstructCIR targets, when it keeps them (every page then carries them)
+            instructcir_target=None if any(t is None for t in targets) else np.concatenate(targets),  # type: ignore[arg-type]
         ),
     )
 
@@ -140,10 +143,19 @@ class SearchTemplate:
     top_k: int
     timeout_s: float
 
-    def request(self, collection: str, query: Query) -> retriever_pb2.SearchRequest:
+    def request(
+        self, collection: str, query: Query, reference_image: bytes | None = None
+    ) -> retriever_pb2.SearchRequest:
+        """The query's search; by its reference id, or with the reference's bytes when given (instructcir
+        embeds the reference image with the text, and the retriever keeps no image bytes)."""
+        reference = (
+            {"reference_image": common_pb2.Image(data=reference_image)}
+            if reference_image is not None
+            else {"reference_id": query.reference_id}
+        )
         return retriever_pb2.SearchRequest(
             collection=collection,
-            reference_id=query.reference_id,
+            **reference,
             modification_text=query.text,
             strategy=self.strategy,
             preset=self.preset,
@@ -178,8 +190,11 @@ def run_queries(
     cache: QueryCache,
     concurrency: int,
     echo: Echo,
+    reference_paths: Mapping[str, Path] | None = None,
 ) -> None:
-    """Searches every query the cache lacks, `concurrency` at a time, appending each as it finishes."""
+    """Searches every query the cache lacks, `concurrency` at a time, appending each as it finishes.
+
+    With `reference_paths` (gallery id -> image file), each reference is sent as its image bytes."""
     cached = cache.ids()
     todo = [q for q in queries if q.id not in cached]
     echo(f"queries: {len(queries) - len(todo)} cached, {len(todo)} to run ({concurrency} at a time)")
@@ -187,7 +202,8 @@ def run_queries(
     failures: list[str] = []
 
     def one(query: Query) -> None:
-        request = template.request(collections[query.category], query)
+        image = None if reference_paths is None else reference_paths[query.reference_id].read_bytes()
+        request = template.request(collections[query.category], query, image)
         response = stub.Search(request, timeout=template.timeout_s)
         record = record_from_response(query.id, response)
         with lock:

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,6 +59,9 @@ _DEADLINE_MARGIN_S = 0.5
 
 # --- what the core takes and returns (and the vocabulary's EditMode, CaptionSelection) ------------------
 
+# A request's prompts from a template: (template, prepare, budget) -> plan, with the request's texts bound.
+PlanPrompts = Callable[[PromptTemplate, prompts.Prepare, prompts.Budget], prompts.PromptPlan]
+
 
 @dataclass(frozen=True)
 class SamplingRequest:
@@ -88,6 +91,17 @@ class Query:
     sampling: SamplingRequest
     bypass_cache: bool
     time_remaining_s: float | None  # None: the caller set no deadline
+
+
+@dataclass(frozen=True)
+class DifferenceQuery:
+    """Caption pairs for DescribeDifferences, checked and cleaned, with the request's options."""
+
+    pairs: list[prompts.CaptionPair]
+    template: str  # "" = settings.default_difference_template
+    sampling: SamplingRequest
+    bypass_cache: bool
+    time_remaining_s: float | None
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,8 @@ class ModelInfo:
     max_prompt_tokens: int
     max_output_tokens: int
     default_edit_template: str
+    default_difference_template: str
+    max_pairs_per_request: int
     engine: EngineCounters | None  # None: the backend keeps no engine figures
 
 
@@ -180,6 +196,7 @@ class Reasoner:
         for name, task, setting in (
             (settings.default_edit_template, TemplateTask.EDIT, "DEFAULT_EDIT_TEMPLATE"),
             (OBJECTS_ADDED_TEMPLATE, TemplateTask.OBJECTS_ADDED, "TEMPLATE_PATHS"),
+            (settings.default_difference_template, TemplateTask.DIFFERENCE, "DEFAULT_DIFFERENCE_TEMPLATE"),
         ):
             try:
                 self.templates.get(name, task)
@@ -246,6 +263,23 @@ class Reasoner:
             raise InvalidArgument("instruction is empty; send the modification text T")
         return Inputs(cleaned, instruction)
 
+    def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[prompts.CaptionPair]:
+        """DescribeDifferences' caption pairs, checked against the limits and cleaned to one line each."""
+        require_items(
+            pairs, "pairs", self.settings.max_pairs_per_request, f"{ENV_PREFIX}MAX_PAIRS_PER_REQUEST"
+        )
+        for index, (caption_a, caption_b) in enumerate(pairs):
+            self._check_length(caption_a, f"pairs[{index}].caption_a")
+            self._check_length(caption_b, f"pairs[{index}].caption_b")
+        checked = []
+        for index, (caption_a, caption_b) in enumerate(pairs):
+            pair = prompts.CaptionPair(_clean(caption_a), _clean(caption_b))
+            for side, text in (("caption_a", pair.caption_a), ("caption_b", pair.caption_b)):
+                if not text:
+                    raise InvalidArgument(f"pairs[{index}].{side} is empty; send both images' captions")
+            checked.append(pair)
+        return checked
+
     async def edit_captions(self, query: Query, mode: EditMode | None) -> EditedCaptions:
         """Edited captions (per caption unless `mode` says joined); an edit that falls back is the
         instruction itself (CIReVL's choice)."""
@@ -253,7 +287,13 @@ class Reasoner:
         build = prompts.joined if mode is EditMode.JOINED else prompts.per_caption
         default = self.settings.default_edit_template
         reasoning = await self._reason(
-            "reasoner_edit", TemplateTask.EDIT, default, build, query, fallback=query.inputs.instruction
+            "reasoner_edit",
+            TemplateTask.EDIT,
+            query.template or default,
+            _with_inputs(build, query.inputs),
+            query,
+            instruction=query.inputs.instruction,
+            fallback=query.inputs.instruction,
         )
         return EditedCaptions(reasoning, mode)
 
@@ -263,9 +303,35 @@ class Reasoner:
         selection = selection or CaptionSelection.ALL_JOINED
         build = prompts.first_caption if selection is CaptionSelection.FIRST else prompts.joined
         reasoning = await self._reason(
-            "reasoner_objects", TemplateTask.OBJECTS_ADDED, OBJECTS_ADDED_TEMPLATE, build, query, fallback=""
+            "reasoner_objects",
+            TemplateTask.OBJECTS_ADDED,
+            query.template or OBJECTS_ADDED_TEMPLATE,
+            _with_inputs(build, query.inputs),
+            query,
+            instruction=query.inputs.instruction,
+            fallback="",
         )
         return AddedObjects(reasoning, selection)
+
+    async def describe_differences(self, query: DifferenceQuery) -> Reasoning:
+        """The reformulation text from image A to image B, one answer per pair in order (InstructCIR);
+        an answer that falls back is "" (the caller skips that pair)."""
+        pairs = query.pairs
+
+        def plan(
+            template: PromptTemplate, prepare: prompts.Prepare, budget: prompts.Budget
+        ) -> prompts.PromptPlan:
+            return prompts.caption_pairs(template, pairs, prepare, budget)
+
+        return await self._reason(
+            "reasoner_difference",
+            TemplateTask.DIFFERENCE,
+            query.template or self.settings.default_difference_template,
+            plan,
+            query,
+            instruction="",
+            fallback="",
+        )
 
     def list_templates(self) -> list[PromptTemplate]:
         return self.templates.all()
@@ -287,6 +353,8 @@ class Reasoner:
             max_prompt_tokens=settings.max_prompt_tokens,
             max_output_tokens=settings.max_output_tokens,
             default_edit_template=settings.default_edit_template,
+            default_difference_template=settings.default_difference_template,
+            max_pairs_per_request=settings.max_pairs_per_request,
             engine=backend.engine_counters(),
         )
 
@@ -312,25 +380,26 @@ class Reasoner:
         self,
         kind: str,
         task: TemplateTask,
-        default_template: str,
-        build: prompts.Build,
-        query: Query,
+        template_name: str,
+        plan_prompts: PlanPrompts,
+        query: Query | DifferenceQuery,
         *,
+        instruction: str,
         fallback: str,
     ) -> Reasoning:
         """One task's request: template, sampling, prompts (within the budget), then cached or generated
-        answers parsed into outcomes."""
+        answers parsed into outcomes. `instruction` goes into the cache keys beside each prompt's captions."""
         deadline = generation_deadline(query.time_remaining_s)
-        template = self.templates.get(query.template or default_template, task)
+        template = self.templates.get(template_name, task)
         sampling = self._benchmark_length(self._sampling(query.sampling), task)
         timer = StageTimer()
         with timer.stage("prompt"):
-            plan = await self._plan(build, template, query.inputs, sampling)
+            plan = await self._plan(plan_prompts, template, sampling)
         answers = await self._answer(
             kind,
             template,
             plan,
-            query.inputs.instruction,
+            instruction,
             fallback,
             sampling,
             query.bypass_cache,
@@ -375,7 +444,7 @@ class Reasoner:
         tokens = {
             TemplateTask.EDIT: self.settings.benchmark_edit_tokens,
             TemplateTask.OBJECTS_ADDED: self.settings.benchmark_objects_tokens,
-        }[task]
+        }.get(task, 0)  # the difference task has no benchmark length
         return dataclasses.replace(sampling, max_tokens=tokens, min_tokens=tokens) if tokens else sampling
 
     def _budget(self, sampling: Sampling) -> prompts.Budget:
@@ -389,7 +458,7 @@ class Reasoner:
         return budget
 
     async def _plan(
-        self, build: prompts.Build, template: PromptTemplate, inputs: Inputs, sampling: Sampling
+        self, plan_prompts: PlanPrompts, template: PromptTemplate, sampling: Sampling
     ) -> prompts.PromptPlan:
         """The request's prompts, rendered and tokenized on the prompt worker thread, not the event loop.
 
@@ -399,9 +468,7 @@ class Reasoner:
         (bench/reasoner_health_bench.py). The tokenizer releases the GIL while it encodes, so the loop runs.
         """
         budget = self._budget(sampling)
-        work = functools.partial(
-            build, template, inputs.captions, inputs.instruction, self.backend.prepare, budget
-        )
+        work = functools.partial(plan_prompts, template, self.backend.prepare, budget)
         return await asyncio.get_running_loop().run_in_executor(self._prompt_worker, work)
 
     async def _answer(
@@ -457,7 +524,11 @@ class Reasoner:
         for item, value, hit in zip(plan.items, memo.values, memo.hits, strict=True):
             stored = unpack_json(value)
             parsed = parse_answer(
-                stored.get("raw"), fallback, labels=[template.answer_label], error=stored.get("error", "")
+                stored.get("raw"),
+                fallback,
+                labels=[template.answer_label],
+                error=stored.get("error", ""),
+                plain=template.task is TemplateTask.DIFFERENCE,
             )
             answers.append(
                 ReasonedAnswer(
@@ -481,6 +552,17 @@ def generation_deadline(time_remaining_s: float | None) -> float | None:
         return None
     margin = min(_DEADLINE_MARGIN_S, time_remaining_s * _DEADLINE_MARGIN_SHARE)
     return time.monotonic() + time_remaining_s - margin
+
+
+def _with_inputs(build: prompts.Build, inputs: Inputs) -> PlanPrompts:
+    """`build` with the request's captions and instruction bound."""
+
+    def plan(
+        template: PromptTemplate, prepare: prompts.Prepare, budget: prompts.Budget
+    ) -> prompts.PromptPlan:
+        return build(template, inputs.captions, inputs.instruction, prepare, budget)
+
+    return plan
 
 
 def _clean(text: str) -> str:

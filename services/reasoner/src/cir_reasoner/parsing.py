@@ -1,9 +1,12 @@
 """Turning an LLM answer into one line of text, with the documented fallbacks (method.md 3.6).
 
 Steps: drop a leading answer label the model echoed (`Edited Description:`, `Objects most likely added:`,
-or the template's own cue), keep the first non-empty line, strip list bullets and enclosing quotes. When
-nothing is left, or the call failed, the fallback is used: the instruction T for an edited caption
-(CIReVL's choice), "" for the added objects (CVSI's choice); the outcome says which happened and why.
+`Difference:`, or the template's own cue), keep the first non-empty line, strip list bullets and enclosing
+quotes. A difference text (InstructCIR) is also reduced to plain words, as its prompt asks: characters other
+than letters, digits, spaces and in-word `'` `-` or a `,` `.` after a word are dropped. When nothing is
+left, or the call failed, the fallback is used: the instruction T for an edited caption (CIReVL's choice),
+"" for the added objects (CVSI's choice) and for a difference text (the triplet is skipped); the outcome
+says which happened and why.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ _PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`", "«": "»"}
 # A double quote at one end only: an answer cut off by max_tokens, or a model that quotes sloppily.
 # Single quotes are left alone when unpaired: they are apostrophes too ("the dogs'").
 _LONE_QUOTES = '"“”`'
+# Plain words: what is neither a word character (less "_"), whitespace nor , . ' - goes first; then an
+# apostrophe or hyphen not inside a word, and a comma or period not right after a word.
+_NOT_PLAIN = re.compile(r"[^\w\s,.'’-]|_")
+_STRAY_MARKS = re.compile(r"(?<!\w)['’-]|['’-](?!\w)|(?<![\w])[,.]")
 
 
 def extract_answer(raw: str, labels: Iterable[str] = ()) -> str:
@@ -70,13 +77,27 @@ def _strip_quotes(text: str) -> str:
     return text
 
 
+def plain_words(text: str) -> str:
+    """`text` with special characters dropped and whitespace collapsed (the difference prompt's rule)."""
+    # One pass of each is enough: a mark is kept only beside word characters, which are never dropped.
+    text = _STRAY_MARKS.sub(" ", _NOT_PLAIN.sub(" ", text))
+    return " ".join(text.split())
+
+
 def parse_answer(
-    raw: str | None, fallback: str, *, labels: Iterable[str] = (), error: str = ""
+    raw: str | None,
+    fallback: str,
+    *,
+    labels: Iterable[str] = (),
+    error: str = "",
+    plain: bool = False,
 ) -> ParsedAnswer:
-    """Parse `raw`; `raw` None means the call failed (`error` says why)."""
+    """Parse `raw`; `raw` None means the call failed (`error` says why); `plain`: keep plain words only."""
     if raw is None:
         return ParsedAnswer(fallback, Outcome.FALLBACK_ERROR, f"the LLM call failed: {error or 'no answer'}")
     text = extract_answer(raw, labels)
+    if plain:
+        text = plain_words(text)
     if text:
         return ParsedAnswer(text, Outcome.PARSED)
     reason = (

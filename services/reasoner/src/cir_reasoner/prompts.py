@@ -4,6 +4,10 @@ Edited captions: `per_caption` makes one prompt per caption, `joined` one prompt
 by ", ". Added objects: one prompt from the first caption or from all of them joined. A prompt must fit
 the budget: the smaller of max_prompt_tokens and what the model's context leaves after max_tokens.
 Captions that do not fit are dropped (joined: from the end) and the response says so.
+
+Differences (InstructCIR): one prompt per caption pair, caption A and caption B in the template's two
+slots. A pair is the unit the caller asked about, so a pair whose prompt does not fit is refused by index,
+never dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from cir_reasoner.templates import PromptTemplate
 CAPTION_SEPARATOR = ", "
 
 Prepare = Callable[[str], PreparedPrompt]
+
+
+@dataclass(frozen=True)
+class CaptionPair:
+    """The captions of image A and image B (DescribeDifferences)."""
+
+    caption_a: str
+    caption_b: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,22 @@ def first_caption(
 ) -> PromptPlan:
     plan = joined(template, captions[:1], instruction, prepare, budget)
     return PromptPlan(items=plan.items, captions_used=1, truncated=False)
+
+
+def caption_pairs(
+    template: PromptTemplate, pairs: Sequence[CaptionPair], prepare: Prepare, budget: Budget
+) -> PromptPlan:
+    """One prompt per pair, in order; `caption_indices` holds the pair's index."""
+    items = []
+    for index, pair in enumerate(pairs):
+        prompt = prepare(template.render(pair.caption_a, pair.caption_b))
+        if prompt.token_count > budget.tokens:
+            raise InvalidArgument(
+                f"pairs[{index}]: the prompt has {prompt.token_count} tokens, over the budget of "
+                f"{budget.tokens} ({budget.source}); shorten its captions"
+            )
+        items.append(PromptItem(prompt, (index,), (pair.caption_a, pair.caption_b)))
+    return PromptPlan(items=items, captions_used=len(items), truncated=False)
 
 
 def _nothing_fits(tokens: int, budget: Budget) -> InvalidArgument:

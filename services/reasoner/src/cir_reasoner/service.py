@@ -12,6 +12,7 @@ from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir_common.cache import Cache
 from cir_common.proto_enums import CAPTION_SELECTION_TO_PROTO, EDIT_MODE_TO_PROTO, from_proto, to_proto
 from cir_reasoner.core import (
+    DifferenceQuery,
     Query,
     ReasonedAnswer,
     Reasoner,
@@ -55,7 +56,7 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
             template=request.template,
             sampling=_sampling(request.sampling),
             bypass_cache=request.bypass_cache,
-            time_remaining_s=context.time_remaining() if hasattr(context, "time_remaining") else None,
+            time_remaining_s=_time_remaining(context),
         )
 
     async def EditCaptions(
@@ -79,6 +80,25 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
             objects=_reasoned_text(result.objects),
             caption_selection=CAPTION_SELECTION_TO_PROTO[result.selection],
             **_shared_fields(result.reasoning),
+        )
+
+    async def DescribeDifferences(
+        self, request: reasoner_pb2.DescribeDifferencesRequest, context: Any
+    ) -> reasoner_pb2.DescribeDifferencesResponse:
+        query = DifferenceQuery(
+            pairs=self.core.check_pairs([(pair.caption_a, pair.caption_b) for pair in request.pairs]),
+            template=request.template,
+            sampling=_sampling(request.sampling),
+            bypass_cache=request.bypass_cache,
+            time_remaining_s=_time_remaining(context),
+        )
+        reasoning = await self.core.describe_differences(query)
+        return reasoner_pb2.DescribeDifferencesResponse(
+            differences=[_reasoned_text(answer) for answer in reasoning.answers],
+            template=reasoning.template.name,
+            template_version=reasoning.template.version,
+            model=_model_identity(reasoning.model),
+            timings=reasoning.timer.as_protos(),
         )
 
     async def ListTemplates(
@@ -116,9 +136,15 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServiceServicer):
             max_prompt_tokens=info.max_prompt_tokens,
             max_output_tokens=info.max_output_tokens,
             default_edit_template=info.default_edit_template,
+            default_difference_template=info.default_difference_template,
+            max_pairs_per_request=info.max_pairs_per_request,
             generations_in_flight=info.engine.in_flight if info.engine else None,
             generations_aborted=info.engine.aborted if info.engine else None,
         )
+
+
+def _time_remaining(context: Any) -> float | None:
+    return context.time_remaining() if hasattr(context, "time_remaining") else None
 
 
 def _sampling(proto: reasoner_pb2.SamplingParameters) -> SamplingRequest:

@@ -16,6 +16,7 @@ from typing import ClassVar
 from cir_common.config import ServiceSettings, choice, load_settings
 from cir_common.errors import ConfigError
 from cir_common.vocabulary import REASONER, Precision
+from cir_reasoner.templates import DIFFERENCE_TEMPLATE
 
 ENV_PREFIX = REASONER.env_prefix
 SECTION = REASONER.profile_section
@@ -41,7 +42,13 @@ class PromptFormat(StrEnum):
 _DTYPES = (Precision.AUTO, Precision.FP32, Precision.FP16, Precision.BF16)
 
 # Limits of a request: a value below 1 would refuse every request.
-_AT_LEAST_ONE = ("max_captions_per_request", "max_text_chars", "max_prompt_tokens", "max_output_tokens")
+_AT_LEAST_ONE = (
+    "max_captions_per_request",
+    "max_pairs_per_request",
+    "max_text_chars",
+    "max_prompt_tokens",
+    "max_output_tokens",
+)
 # Fixed answer lengths for benchmarks with random weights (0 = off).
 _BENCHMARK_LENGTHS = ("benchmark_edit_tokens", "benchmark_objects_tokens")
 
@@ -75,7 +82,11 @@ class ReasonerSettings(ServiceSettings):
     # Extra prompt template files or folders, added to the built-in templates.
     template_paths: list[str] = dataclasses.field(default_factory=list)
     default_edit_template: str = "edit_structural"
+    # DescribeDifferences (InstructCIR triplets): the template of a request that names none.
+    default_difference_template: str = DIFFERENCE_TEMPLATE
     max_captions_per_request: int = 64
+    # Caption pairs per DescribeDifferences request: one prompt each, generated together.
+    max_pairs_per_request: int = 64
     # Characters per caption, instruction and stop string, checked before anything is tokenized: the
     # limit that keeps one request from holding the CPU for seconds (the prompt budget needs tokens, so
     # it cannot stop a megabyte of text on its own). Above the retriever's own text limit and far above

@@ -8,6 +8,10 @@ way as an example without its answer, so the prompt ends with the answer cue:
     Instruction: <T>
     Edited Description:
 
+A difference template (InstructCIR) fills the same two slots with caption A and caption B, under its own
+labels (`content_label`, `instruction_label`). `before_answer`, when a template sets it, is a line between
+the query and the answer cue: the answer rules of a prompt that states them after its inputs.
+
 The built-in templates ship in the package's `templates/` folder; files or folders named by the
 `template_paths` setting add more (a user file may replace a built-in of the same name).
 """
@@ -35,15 +39,18 @@ class TemplateTask(StrEnum):
 
     EDIT = "edit"  # the edited caption (EditCaptions)
     OBJECTS_ADDED = "objects_added"  # the objects most likely added (InferAddedObjects)
+    DIFFERENCE = "difference"  # the reformulation text from image A to image B (DescribeDifferences)
 
 
 OBJECTS_ADDED_TEMPLATE = "objects_added"
+DIFFERENCE_TEMPLATE = "difference_instructcir"
 
 CONTENT_LABEL = "Image Content:"
 INSTRUCTION_LABEL = "Instruction:"
 DEFAULT_ANSWER_LABELS = {
     TemplateTask.EDIT: "Edited Description:",
     TemplateTask.OBJECTS_ADDED: "Objects most likely added:",
+    TemplateTask.DIFFERENCE: "Difference:",
 }
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -57,6 +64,7 @@ _TOP_KEYS = {
     "answer_label",
     "content_label",
     "instruction_label",
+    "before_answer",
     "blocks",
 }
 _EXAMPLE_KEYS = {"captions", "instruction", "answer"}
@@ -88,12 +96,16 @@ class PromptTemplate:
     # Of the file's bytes: goes into cache keys beside the version, so an edited file whose version
     # was not bumped still cannot serve answers cached for its old text.
     sha256: str
+    # A line between the query and the answer cue; "" = none.
+    before_answer: str = ""
 
     def render(self, captions: str, instruction: str) -> str:
         """The full prompt for one query: every block, then the query ending with the answer cue."""
         parts = [self._render_block(block) for block in self.blocks]
+        rules = f"{self.before_answer}\n" if self.before_answer else ""
         parts.append(
-            f"{self.content_label} {captions}\n{self.instruction_label} {instruction}\n{self.answer_label}"
+            f"{self.content_label} {captions}\n{self.instruction_label} {instruction}\n"
+            f"{rules}{self.answer_label}"
         )
         return "\n\n".join(parts)
 
@@ -146,6 +158,7 @@ def load_template_file(path: Path, *, builtin: bool = False) -> PromptTemplate:
         source=str(path),
         builtin=builtin,
         sha256=hashlib.sha256(raw).hexdigest(),
+        before_answer=_optional_str(data, "before_answer", where, ""),
     )
 
 

@@ -116,11 +116,29 @@ class ImageEmbeddings:
 
 
 @dataclass(frozen=True)
+class InstructCirInfo:
+    """The InstructCIR checkpoint an encoder serves."""
+
+    model: ModelIdentity
+    embedding_dim: int
+    has_fusion: bool  # the checkpoint holds the Eq. 3 weight: queries may ask for the fused variant
+    fusion_weight: float
+
+
+@dataclass(frozen=True)
 class EncoderInfo:
     model: ModelIdentity
     embedding_dim: int
     mapping_networks: tuple[str, ...]
     has_default_mapping_network: bool
+    instructcir: InstructCirInfo | None = None  # None: the encoder serves no InstructCIR checkpoint
+
+
+@dataclass(frozen=True)
+class InstructCirQueryEmbedding:
+    vector: np.ndarray  # (d_i,) as the encoder returned it (raw, or fused by Eq. 3)
+    model: ModelIdentity  # the checkpoint
+    fused: bool
 
 
 @dataclass(frozen=True)
@@ -216,14 +234,66 @@ class EncoderClient(_Service):
         response = await self._call(call, budget)
         return vector_from_proto(response.embeddings[0].embedding)
 
+    async def embed_instructcir_query(
+        self,
+        reference: bytes | str,
+        text: str,
+        fused: bool,
+        preprocessing: Preprocessing,
+        budget: Budget,
+        stage_budget_s: float | None = None,
+    ) -> InstructCirQueryEmbedding:
+        """One (reference image, text) query; `reference` is the image's bytes, or (str) a file URI the
+        encoder reads under its image_uri_roots."""
+        image = (
+            common_pb2.Image(data=reference)
+            if isinstance(reference, bytes)
+            else common_pb2.Image(uri=reference)
+        )
+        request = encoder_pb2.EmbedInstructCirQueriesRequest(
+            queries=[encoder_pb2.InstructCirQuery(reference_image=image, text=text)],
+            fused=fused,
+            preprocessing=PREPROCESSING_TO_PROTO[preprocessing],
+            vector_format=PACKED,
+        )
+        call = self._stub.EmbedInstructCirQueries(request, **self._options(budget, stage_budget_s))
+        response = await self._call(call, budget)
+        return InstructCirQueryEmbedding(
+            vector_from_proto(response.embeddings[0]), _identity(response.model), response.fused
+        )
+
+    async def embed_instructcir_targets(
+        self, images: Sequence[bytes], preprocessing: Preprocessing, budget: Budget
+    ) -> ImageEmbeddings:
+        """Gallery images through the checkpoint's target encoder, L2-normalised (what a collection keeps)."""
+        request = encoder_pb2.EmbedInstructCirTargetsRequest(
+            images=[common_pb2.Image(data=data) for data in images],
+            preprocessing=PREPROCESSING_TO_PROTO[preprocessing],
+            normalize=True,
+            vector_format=PACKED,
+        )
+        call = self._stub.EmbedInstructCirTargets(request, **self._options(budget, None))
+        response = await self._call(call, budget)
+        vectors = np.stack([vector_from_proto(e) for e in response.embeddings])
+        return ImageEmbeddings(vectors, _identity(response.model))
+
     async def model_info(self, budget: Budget) -> EncoderInfo:
         call = self._stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), **self._options(budget, None))
         info = await self._call(call, budget)
+        instructcir = None
+        if info.HasField("instructcir") and info.instructcir.model.name:
+            instructcir = InstructCirInfo(
+                model=_identity(info.instructcir.model),
+                embedding_dim=info.instructcir.embedding_dim,
+                has_fusion=info.instructcir.has_fusion,
+                fusion_weight=info.instructcir.fusion_weight,
+            )
         return EncoderInfo(
             model=_identity(info.model),
             embedding_dim=info.embedding_dim,
             mapping_networks=tuple(n.name for n in info.mapping_networks),
             has_default_mapping_network=any(n.is_default for n in info.mapping_networks),
+            instructcir=instructcir,
         )
 
 

@@ -46,7 +46,7 @@ from cir_retriever.gallery.types import (
 from cir_retriever.ingest import ItemOutcome, ItemStatus
 from cir_retriever.options import VariantChoices, WeightOverrides, resolve_options
 from cir_retriever.presets import Preset
-from cir_retriever.strategies import Options, QueryInputs, StrategyName, WeiMoCirVariant
+from cir_retriever.strategies import InstructCirVariant, Options, QueryInputs, StrategyName, WeiMoCirVariant
 
 PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32
 
@@ -58,6 +58,7 @@ STRATEGY_TO_PROTO = to_proto(StrategyName, retriever_pb2.Strategy)
 PRESET_TO_PROTO = to_proto(Preset, retriever_pb2.Preset)
 SCORE_TO_PROTO = to_proto(ScoreFunction, retriever_pb2.ScoreFunction)
 WEIMOCIR_TO_PROTO = to_proto(WeiMoCirVariant, retriever_pb2.WeiMoCirVariant)
+INSTRUCTCIR_TO_PROTO = to_proto(InstructCirVariant, retriever_pb2.InstructCirVariant)
 FIELD_TYPE_TO_PROTO = to_proto(FieldType, retriever_pb2.FieldType)
 ITEM_STATUS_TO_PROTO = to_proto(ItemStatus, retriever_pb2.ItemStatus)
 
@@ -79,6 +80,9 @@ def choices_from_proto(options: retriever_pb2.StrategyOptions) -> VariantChoices
         score=from_proto(options.score_function, SCORE_TO_PROTO, "options.score_function"),
         weimocir_variant=from_proto(options.weimocir_variant, WEIMOCIR_TO_PROTO, "options.weimocir_variant"),
         edit_template=options.edit_template,
+        instructcir_variant=from_proto(
+            options.instructcir_variant, INSTRUCTCIR_TO_PROTO, "options.instructcir_variant"
+        ),
     )
 
 
@@ -159,6 +163,7 @@ def resolved_to_proto(result: SearchResult) -> retriever_pb2.ResolvedStrategy:
         weimocir_variant=WEIMOCIR_TO_PROTO[options.weimocir_variant],
         edit_template=options.edit_template,
         caption_features_renormalized=options.caption_features_renormalized,
+        instructcir_variant=INSTRUCTCIR_TO_PROTO[options.instructcir_variant],
     )
 
 
@@ -177,6 +182,7 @@ def search_response_to_proto(result: SearchResult, explain: bool) -> retriever_p
             fine_grained_prompt=trace.prompt,
             edit_outcomes=trace.edit_outcomes,
             objects_outcome=trace.objects_outcome,
+            details=trace.details,
         )
         if explain
         else None,
@@ -242,6 +248,7 @@ def collection_info_to_proto(info: CollectionInfo) -> retriever_pb2.GetCollectio
         models=retriever_pb2.ModelsUsed(
             encoder=common_pb2.ModelIdentity(**manifest.encoder),
             captioner=common_pb2.ModelIdentity(**manifest.captioner),
+            instructcir=common_pb2.ModelIdentity(**manifest.instructcir) if manifest.instructcir else None,
         ),
         strategies_available=[STRATEGY_TO_PROTO[s] for s in info.strategies_available],
         created_at=manifest.created_at,
@@ -339,6 +346,7 @@ def query_features_to_proto(inputs: QueryInputs) -> retriever_pb2.QueryFeatures:
         edited_captions=_rows(inputs.edits),
         reference_caption_slots=_rows(inputs.caption_slots),
         reference_captions=_rows(inputs.reference_captions),
+        instructcir_query=_one(inputs.instructcir_query),
     )
 
 
@@ -354,11 +362,13 @@ def query_features_from_proto(msg: retriever_pb2.QueryFeatures) -> QueryInputs:
         edits=_read_rows(msg.edited_captions),
         caption_slots=_read_rows(msg.reference_caption_slots),
         reference_captions=_read_rows(msg.reference_captions),
+        instructcir_query=_read_one(msg, "instructcir_query"),
     )
 
 
 def gallery_page_to_proto(page: FeaturePage) -> retriever_pb2.ExportGalleryFeaturesResponse:
     features = page.features
+    targets = features.instructcir_target
     return retriever_pb2.ExportGalleryFeaturesResponse(
         images=[
             retriever_pb2.GalleryImageFeatures(
@@ -371,6 +381,7 @@ def gallery_page_to_proto(page: FeaturePage) -> retriever_pb2.ExportGalleryFeatu
                 captions=page.captions[r] if page.captions else [],
                 content_sha256=page.content_sha256[r] if page.content_sha256 else "",
                 metadata=page.metadata[r] if page.metadata else {},
+                instructcir_target=_one(targets[r]) if targets is not None else None,
             )
             for r in range(len(page.ids))
         ],
@@ -381,13 +392,18 @@ def gallery_page_to_proto(page: FeaturePage) -> retriever_pb2.ExportGalleryFeatu
 def gallery_images_from_proto(
     images: Sequence[retriever_pb2.GalleryImageFeatures],
 ) -> tuple[list[str], GalleryFeatures]:
-    """Ids and the GalleryFeatures matrices of exported images (in the order given)."""
+    """Ids and the GalleryFeatures matrices of exported images (in the order given); the InstructCIR targets
+    when every image carries one."""
     if not images:
         raise ValueError("no gallery images to read")
+    with_targets = all(m.HasField("instructcir_target") for m in images)
     return [m.id for m in images], GalleryFeatures(
         t_v=np.stack([vector_from_proto(m.image) for m in images]),
         caption_mean=np.stack([vector_from_proto(m.caption_mean) for m in images]),
         caption_slots=np.stack([np.stack([vector_from_proto(v) for v in m.caption_slots]) for m in images]),
+        instructcir_target=np.stack([vector_from_proto(m.instructcir_target) for m in images])
+        if with_targets
+        else None,
     )
 
 
@@ -416,6 +432,11 @@ def import_batch_from_proto(request: retriever_pb2.ImportGalleryFeaturesRequest)
                 caption_slots=np.stack(
                     [vector_from_proto(v, label=f"{label}.caption_slots") for v in image.caption_slots]
                 ),
+                instructcir_target=vector_from_proto(
+                    image.instructcir_target, label=f"{label}.instructcir_target"
+                )
+                if image.HasField("instructcir_target")
+                else None,
             )
         )
     return ImportBatch(
@@ -424,6 +445,7 @@ def import_batch_from_proto(request: retriever_pb2.ImportGalleryFeaturesRequest)
         captioner=_identity(request.models.captioner),
         embedding_dim=request.embedding_dim,
         records=records,
+        instructcir=_identity(request.models.instructcir) if request.models.instructcir.name else {},
     )
 
 

@@ -30,7 +30,7 @@ from cir_common.errors import (
 )
 from cir_common.images import ImageLimits, content_hash, decode_image, decoded_within, probe_image
 from cir_common.service_kit import decode_budget
-from cir_retriever.clients import Budget, DownstreamError, EncoderInfo, ModelServices
+from cir_retriever.clients import Budget, DownstreamError, EncoderInfo, InstructCirInfo, ModelServices
 from cir_retriever.gallery.base import Collection, GalleryStore
 from cir_retriever.gallery.filters import typed_metadata, validate_fields, validate_filter
 from cir_retriever.gallery.types import (
@@ -58,10 +58,12 @@ from cir_retriever.settings import ENV_PREFIX, RetrieverSettings
 from cir_retriever.strategies import (
     DESCRIPTIONS,
     TEXTUAL_INVERSION,
+    InstructCirVariant,
     Options,
     QueryInputs,
     StrategyName,
     compose_query,
+    ranked_as,
     requirements,
     without_missing_caption_slots,
 )
@@ -153,6 +155,8 @@ class ImportBatch:
     captioner: dict[str, str]
     embedding_dim: int
     records: list[ImageRecord]
+    # The InstructCIR checkpoint that made the images' instructcir_target; empty = the images carry none.
+    instructcir: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,7 +184,7 @@ class Retriever:
         self.store = store
         self.services = services
         self.pipeline = QueryPipeline(services, settings)
-        self.ingestion = IngestPipeline(services, settings.default_timeout_s)
+        self.ingestion = IngestPipeline(services, settings.default_timeout_s, self._serving_instructcir)
         self._degradations: Counter[str] = Counter()
         self._searches = 0
         self._degraded_searches = 0
@@ -262,14 +266,21 @@ class Retriever:
         collection = await self.open(name)
         manifest = await asyncio.to_thread(collection.manifest)
         size = await asyncio.to_thread(collection.size)
-        available = [row.strategy for row in await self.strategies() if row.available]
+        available = [
+            row.strategy
+            for row in await self.strategies()
+            if row.available and (row.strategy is not StrategyName.INSTRUCTCIR or manifest.instructcir)
+        ]
         return CollectionInfo(manifest, size, available)
 
     # -- strategies ------------------------------------------------------------------------------------
 
-    async def _encoder_model_info(self, budget: Budget) -> EncoderInfo:
+    async def _encoder_model_info(self, budget: Budget, fresh: bool = False) -> EncoderInfo:
+        """What the encoder serves, cached for _ENCODER_INFO_TTL_S; `fresh` asks it again (after a check
+        against the cached answer failed: the encoder may have been restarted with other models since)."""
         now = time.monotonic()
-        if self._encoder_info is not None and now - self._encoder_info[0] < _ENCODER_INFO_TTL_S:
+        cached = self._encoder_info is not None and now - self._encoder_info[0] < _ENCODER_INFO_TTL_S
+        if cached and not fresh and self._encoder_info is not None:
             return self._encoder_info[1]
         try:
             info = await self.services.encoder.model_info(budget)
@@ -277,6 +288,10 @@ class Retriever:
             raise Unavailable(f"the encoder service is unavailable: {error.details}") from error
         self._encoder_info = (now, info)
         return info
+
+    async def _serving_instructcir(self, budget: Budget, fresh: bool = False) -> InstructCirInfo | None:
+        """The InstructCIR checkpoint the encoder serves now (None: none), for ingestion."""
+        return (await self._encoder_model_info(budget, fresh)).instructcir
 
     async def strategies(self) -> list[StrategyAvailability]:
         options = resolve_options(Preset.CIRCO, WeightOverrides(), VariantChoices())
@@ -341,15 +356,12 @@ class Retriever:
             raise FailedPrecondition(f"collection {manifest.name!r} is empty: ingest images before searching")
         reference = await self._reference(query, collection)
         info = await self._encoder_model_info(budget)
-        if (info.model.name, info.model.revision) != (manifest.encoder["name"], manifest.encoder["revision"]):
-            raise FailedPrecondition(
-                f"collection {manifest.name!r} was indexed with encoder {manifest.encoder['name']}@"
-                f"{manifest.encoder['revision'][:12]}, but the encoder serving now is {info.model.name}@"
-                f"{info.model.revision[:12]}: the vectors do not compare; re-index or switch the encoder back"
-            )
-        why = _unavailable_reason(strategy, info)
-        if why:
-            raise FailedPrecondition(f"strategy {strategy.value} is not available: {why}")
+        try:
+            _check_encoder(manifest, info, strategy, options, reference)
+        except FailedPrecondition:
+            # The cached answer may predate a restart of the encoder with other models: ask once more.
+            info = await self._encoder_model_info(budget, fresh=True)
+            _check_encoder(manifest, info, strategy, options, reference)
 
         request = QueryRequest(
             reference,
@@ -361,6 +373,7 @@ class Retriever:
             # only LDRE's adaptive weights read them: other strategies skip embedding N more captions
             reference_captions=query.return_features and strategy is StrategyName.LDRE,
             edit_template_from_caller=bool(query.choices.edit_template),
+            instructcir=info.instructcir,
         )
         if needs.captions or needs.edits is not None or needs.objects:
             async with self._generative_searches.admit(budget.remaining, timed=False, shed=True):
@@ -384,7 +397,8 @@ class Retriever:
                     "caption term dropped (b = 0): image term only",
                 )
             )
-        q, spec = compose_query(strategy, composed_inputs, options)
+        # InstructCIR whose query stage degraded ranks by the reference image alone (the degradation says so).
+        q, spec = compose_query(ranked_as(strategy, composed_inputs), composed_inputs, options)
         short = self.pipeline.shortfall(SEARCH_STAGE, budget)
         if short is not None:
             raise DeadlineExceeded(shed_message(short))
@@ -585,14 +599,25 @@ class Retriever:
                     raise InvalidArgument(
                         "the first message must name models.encoder and embedding_dim (the vectors' models)"
                     )
+                if batch.instructcir.get("name") and not _instructcir_dim(batch):
+                    raise InvalidArgument(
+                        "the first message names models.instructcir but carries no image with "
+                        "instructcir_target: send images in it (their targets fix the dimension)"
+                    )
                 if not await asyncio.to_thread(self.store.exists, batch.collection):
                     await self._check_serving_encoder(batch)  # before creating anything
                 collection = await self._collection_for_ingest(batch.collection)
                 if not (await asyncio.to_thread(collection.manifest)).encoder:
                     await self._check_serving_encoder(batch)
-                # Raises FAILED_PRECONDITION when the collection holds another encoder's vectors.
+                # Raises FAILED_PRECONDITION when the collection holds another encoder's vectors (or other
+                # InstructCIR targets, or none where these carry them).
                 await asyncio.to_thread(
-                    collection.record_models, batch.encoder, batch.captioner, batch.embedding_dim
+                    collection.record_models,
+                    batch.encoder,
+                    batch.captioner,
+                    batch.embedding_dim,
+                    batch.instructcir,
+                    _instructcir_dim(batch),
                 )
             elif batch.collection and batch.collection != first.collection:
                 raise InvalidArgument(
@@ -636,8 +661,11 @@ class Retriever:
         collection = await self.open(name)
         manifest = await asyncio.to_thread(collection.manifest)
         slots = await asyncio.to_thread(collection.caption_slot_count)
-        # A page must fit one message: t_v, the caption mean and R caption slots per image, packed float32.
-        per_image = 4 * max(manifest.embedding_dim, 1) * (2 + slots) + _EXPORT_ID_BYTES
+        # A page must fit one message: t_v, the caption mean, R caption slots and the InstructCIR target per
+        # image, packed float32.
+        per_image = (
+            4 * (max(manifest.embedding_dim, 1) * (2 + slots) + manifest.instructcir_dim) + _EXPORT_ID_BYTES
+        )
         limit = max(1, self.settings.max_message_bytes // per_image)
         if page_size > limit:
             raise InvalidArgument(
@@ -671,18 +699,98 @@ class Retriever:
         )
 
 
+def _check_encoder(
+    manifest: Manifest, info: EncoderInfo, strategy: StrategyName, options: Options, reference: Reference
+) -> None:
+    """FAILED_PRECONDITION unless the serving encoder made the collection's vectors and can run `strategy`."""
+    if (info.model.name, info.model.revision) != (manifest.encoder["name"], manifest.encoder["revision"]):
+        raise FailedPrecondition(
+            f"collection {manifest.name!r} was indexed with encoder {manifest.encoder['name']}@"
+            f"{manifest.encoder['revision'][:12]}, but the encoder serving now is {info.model.name}@"
+            f"{info.model.revision[:12]}: the vectors do not compare; re-index or switch the encoder back"
+        )
+    why = _unavailable_reason(strategy, info)
+    if why:
+        raise FailedPrecondition(f"strategy {strategy.value} is not available: {why}")
+    if strategy is StrategyName.INSTRUCTCIR:
+        _check_instructcir(manifest, info, options, reference)
+
+
 def _unavailable_reason(strategy: StrategyName, info: EncoderInfo) -> str:
     """Why the serving encoder cannot run `strategy` ("" when it can)."""
     if strategy in TEXTUAL_INVERSION and strategy.value not in info.mapping_networks:
         return f"the encoder has no mapping network named {strategy.value!r}"
     if strategy is StrategyName.CVSI and not info.has_default_mapping_network:
         return "the encoder has no default mapping network"
+    if strategy is StrategyName.INSTRUCTCIR and info.instructcir is None:
+        return (
+            "the encoder serves no InstructCIR checkpoint (set its instructcir_checkpoint: "
+            "CIR_ENCODER_INSTRUCTCIR_CHECKPOINT)"
+        )
     return ""
 
 
+def _checkpoint(identity: dict[str, str]) -> str:
+    return f"{identity.get('name', '?')}@{identity.get('revision', '?')[:12]}"
+
+
+def _check_instructcir(manifest: Manifest, info: EncoderInfo, options: Options, reference: Reference) -> None:
+    """FAILED_PRECONDITION unless the collection keeps the target embeddings of the checkpoint the encoder
+    serves (the query and target embeddings of two checkpoints do not compare), and the reference can reach
+    the encoder; INVALID_ARGUMENT for the fused variant of a checkpoint trained without fusion."""
+    served = info.instructcir
+    assert served is not None  # _unavailable_reason refused the search otherwise
+    serving = {"name": served.model.name, "revision": served.model.revision}
+    if not manifest.instructcir:
+        raise FailedPrecondition(
+            f"collection {manifest.name!r} has no InstructCIR target embeddings: its images were indexed "
+            "while the encoder served no InstructCIR checkpoint; ingest them again into a new collection "
+            f"while the encoder serves {_checkpoint(serving)}, or import features with instructcir_target"
+        )
+    stored = (manifest.instructcir.get("name"), manifest.instructcir.get("revision"))
+    if stored != (serving["name"], serving["revision"]):
+        raise FailedPrecondition(
+            f"collection {manifest.name!r} keeps the InstructCIR targets of checkpoint "
+            f"{_checkpoint(manifest.instructcir)}, but the encoder serves {_checkpoint(serving)}: their "
+            "embeddings do not compare; serve that checkpoint again (CIR_ENCODER_INSTRUCTCIR_CHECKPOINT) or "
+            "re-ingest the images into a new collection"
+        )
+    if options.instructcir_variant is InstructCirVariant.FUSED and not served.has_fusion:
+        raise InvalidArgument(
+            f"options.instructcir_variant fused needs a checkpoint trained with the Eq. 3 fusion weight; "
+            f"{_checkpoint(serving)} has none: use the plain variant"
+        )
+    if reference.stored is not None and not reference.stored.uri:
+        raise FailedPrecondition(
+            f"instructcir embeds the reference image with the text, and image {reference.stored.id[:128]!r} "
+            "was stored without a uri the encoder could read it from: send the image as reference_image"
+        )
+
+
+def _instructcir_dim(batch: ImportBatch) -> int:
+    """The dimension of the first message's InstructCIR targets (0 without them)."""
+    for record in batch.records:
+        if record.instructcir_target is not None:
+            return int(record.instructcir_target.shape[-1])
+    return 0
+
+
 def _check_imported(record: ImageRecord, number: int, dim: int, manifest: Manifest) -> None:
-    """An imported image must carry every stored feature, at the stream's dimension, and valid metadata."""
+    """An imported image must carry every stored feature, at the stream's dimension, and valid metadata; an
+    InstructCIR target exactly when the collection keeps them, at their dimension."""
     label = f"image {number} ({record.id[:128]!r})"
+    target = record.instructcir_target
+    if manifest.instructcir and (target is None or target.shape != (manifest.instructcir_dim,)):
+        shown = "none" if target is None else f"shape {target.shape}"
+        raise InvalidArgument(
+            f"{label}: instructcir_target has {shown}; collection {manifest.name!r} keeps InstructCIR "
+            f"targets of dimension {manifest.instructcir_dim} for every image"
+        )
+    if not manifest.instructcir and target is not None:
+        raise InvalidArgument(
+            f"{label}: carries instructcir_target, but the import names no models.instructcir (the "
+            "checkpoint that made it) and the collection keeps no InstructCIR targets"
+        )
     if not record.id:
         raise InvalidArgument(f"image {number}: id is empty")
     if len(record.content_sha256) != 64 or any(c not in "0123456789abcdef" for c in record.content_sha256):

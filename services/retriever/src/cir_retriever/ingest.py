@@ -2,20 +2,30 @@
 
 A batch is committed in one store transaction after its model calls succeed, so a crash loses at
 most the batches in flight. Images whose id and bytes are already stored cost nothing.
+
+InstructCIR: a collection whose first images were indexed while the encoder served an InstructCIR checkpoint
+keeps that checkpoint's target embedding for every image (EmbedInstructCirTargets next to EmbedImages); one
+indexed without keeps none. A later batch for a collection with targets needs the same checkpoint served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from cir_common.errors import FailedPrecondition
 from cir_retriever import fusion
-from cir_retriever.clients import Budget, DownstreamError, ModelServices
+from cir_retriever.clients import Budget, DownstreamError, ImageEmbeddings, InstructCirInfo, ModelServices
 from cir_retriever.gallery.base import Collection
-from cir_retriever.gallery.types import ImageRecord
+from cir_retriever.gallery.types import ImageRecord, Manifest
 from cir_retriever.presets import WEIMOCIR_SLOTS
+
+# The InstructCIR checkpoint the encoder serves now (None: none).
+# `fresh`: ask the encoder now rather than trust a cached answer.
+ServingInstructCir = Callable[[Budget, bool], Awaitable[InstructCirInfo | None]]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +67,24 @@ class _Computed:
     encoder: dict[str, str] = field(default_factory=dict)
     captioner: dict[str, str] = field(default_factory=dict)
     dim: int = 0
+    instructcir: dict[str, str] = field(default_factory=dict)  # the targets' checkpoint; empty: no targets
+    instructcir_dim: int = 0
+
+
+async def _none_served(budget: Budget, fresh: bool = False) -> InstructCirInfo | None:
+    return None
 
 
 class IngestPipeline:
-    def __init__(self, services: ModelServices, request_timeout_s: float) -> None:
+    def __init__(
+        self,
+        services: ModelServices,
+        request_timeout_s: float,
+        serving_instructcir: ServingInstructCir = _none_served,
+    ) -> None:
         self._services = services
         self._timeout_s = request_timeout_s
+        self._serving_instructcir = serving_instructcir
 
     async def process(self, collection: Collection, items: list[PendingImage]) -> list[ItemOutcome]:
         """Indexes one batch and commits it; returns one outcome per item, in order."""
@@ -80,7 +102,12 @@ class IngestPipeline:
                 outcomes[failure.id] = failure
             if computed.records:
                 await asyncio.to_thread(
-                    collection.record_models, computed.encoder, computed.captioner, computed.dim
+                    collection.record_models,
+                    computed.encoder,
+                    computed.captioner,
+                    computed.dim,
+                    computed.instructcir,
+                    computed.instructcir_dim,
                 )
                 await asyncio.to_thread(collection.upsert, computed.records)
                 for record in computed.records:
@@ -101,24 +128,60 @@ class IngestPipeline:
             merged.records += single.records
             merged.failures += single.failures
             if single.records:
-                merged.encoder, merged.captioner, merged.dim = single.encoder, single.captioner, single.dim
+                merged = replace(single, records=merged.records, failures=merged.failures)
         return merged
 
+    async def _targets_wanted(self, manifest: Manifest, budget: Budget) -> bool:
+        """Whether this batch computes InstructCIR targets: a collection already indexed keeps its choice (and
+        then needs its checkpoint served); a new one keeps them when the encoder serves a checkpoint now."""
+        if manifest.encoder and not manifest.instructcir:
+            return False
+        # A new collection decides once and for all: ask the encoder now, not a cached answer that may
+        # predate its restart with (or without) a checkpoint.
+        serving = await self._serving_instructcir(budget, not manifest.encoder)
+        if not manifest.encoder:
+            return serving is not None
+        kept = (manifest.instructcir.get("name"), manifest.instructcir.get("revision"))
+        if serving is None or (serving.model.name, serving.model.revision) != kept:
+            serving = await self._serving_instructcir(budget, True)
+        if serving is None or (serving.model.name, serving.model.revision) != kept:
+            now = "none" if serving is None else f"{serving.model.name}@{serving.model.revision[:12]}"
+            raise FailedPrecondition(
+                f"collection {manifest.name!r} keeps the InstructCIR target embeddings of checkpoint "
+                f"{kept[0]}@{str(kept[1])[:12]} for every image, but the encoder serves {now}: serve that "
+                "checkpoint again (CIR_ENCODER_INSTRUCTCIR_CHECKPOINT) or ingest into a new collection"
+            )
+        return True
+
     async def _compute_batch(self, collection: Collection, items: list[PendingImage]) -> _Computed:
-        settings = (await asyncio.to_thread(collection.manifest)).settings
+        manifest = await asyncio.to_thread(collection.manifest)
+        settings = manifest.settings
         budget = Budget.starting_now(self._timeout_s)
         images = [item.data for item in items]
-        embedded, captioned = await asyncio.gather(
-            self._services.encoder.embed_images(images, settings.preprocessing, budget),
-            self._services.captioner.captions(
-                images, settings.num_captions, settings.decoding_variant, budget
-            ),
-        )
+        encoder = self._services.encoder
+        targets: ImageEmbeddings | None = None
+        if await self._targets_wanted(manifest, budget):
+            embedded, captioned, targets = await asyncio.gather(
+                encoder.embed_images(images, settings.preprocessing, budget),
+                self._services.captioner.captions(
+                    images, settings.num_captions, settings.decoding_variant, budget
+                ),
+                encoder.embed_instructcir_targets(images, settings.preprocessing, budget),
+            )
+        else:
+            embedded, captioned = await asyncio.gather(
+                encoder.embed_images(images, settings.preprocessing, budget),
+                self._services.captioner.captions(
+                    images, settings.num_captions, settings.decoding_variant, budget
+                ),
+            )
         flat = [text for per_image in captioned.per_image for text in per_image]
         text_features = await self._services.encoder.embed_texts(flat, budget)
         records = []
         offset = 0
-        for item, image_vector, per_image in zip(items, embedded.vectors, captioned.per_image, strict=True):
+        for n, (item, image_vector, per_image) in enumerate(
+            zip(items, embedded.vectors, captioned.per_image, strict=True)
+        ):
             features = text_features[offset : offset + len(per_image)]
             offset += len(per_image)
             records.append(
@@ -131,6 +194,8 @@ class IngestPipeline:
                     image_raw=image_vector,
                     caption_mean=fusion.caption_feature(features, renormalize=False),
                     caption_slots=features[:WEIMOCIR_SLOTS],
+                    # normalised again: the store's column holds unit vectors whatever the encoder sent
+                    instructcir_target=None if targets is None else fusion.normalize(targets.vectors[n]),
                 )
             )
         return _Computed(
@@ -138,6 +203,8 @@ class IngestPipeline:
             encoder=embedded.model.as_dict(),
             captioner=captioned.model.as_dict(),
             dim=int(embedded.vectors.shape[1]),
+            instructcir={} if targets is None else targets.model.as_dict(),
+            instructcir_dim=0 if targets is None else int(targets.vectors.shape[1]),
         )
 
 

@@ -8,7 +8,7 @@ from cir_common.errors import InvalidArgument
 from cir_common.vocabulary import CaptionSelection, EditMode
 from cir_retriever.fusion import ScoreFunction
 from cir_retriever.presets import PRESETS, Preset
-from cir_retriever.strategies import Options, WeiMoCirVariant
+from cir_retriever.strategies import InstructCirVariant, Options, WeiMoCirVariant
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class VariantChoices:
     score: ScoreFunction | None = None
     weimocir_variant: WeiMoCirVariant | None = None
     edit_template: str = ""
+    instructcir_variant: InstructCirVariant | None = None
 
 
 def resolve_options(preset: Preset, weights: WeightOverrides, choices: VariantChoices) -> Options:
@@ -60,4 +61,6 @@ def resolve_options(preset: Preset, weights: WeightOverrides, choices: VariantCh
         score=choices.score or ScoreFunction.DOT,
         weimocir_variant=choices.weimocir_variant or WeiMoCirVariant.CODED,
         edit_template=choices.edit_template or values.edit_template,
+        # InstructCIR has no weights: every preset runs it alike, in the plain variant unless asked.
+        instructcir_variant=choices.instructcir_variant or InstructCirVariant.PLAIN,
     )

@@ -7,9 +7,12 @@ Stage graph (each arrow waits only for what it needs):
             ├─> captioning text embedding
             └─> first-R caption embeddings (WeiMoCIR)
   modification text embedding
+  InstructCIR query embedding of (reference image, text) (instructcir; the reference image embedding runs
+  beside it as the fallback's query)
 A reference given by id reuses its stored embedding and captions: no captioning at query time.
-Non-essential stages (captioner, reasoner) degrade to the documented fallbacks and say so, also when the
-reasoner answers in time but with some of its items fallen back; the encoder is essential.
+Non-essential stages (captioner, reasoner, the InstructCIR query) degrade to the documented fallbacks and say
+so, also when the reasoner answers in time but with some of its items fallen back; the encoder's CLIP
+embeddings are essential.
 
 Every stage is weighed against the request's deadline before it starts, by this process's recent durations
 of it (`latency.StageEstimates`): work the time left cannot cover is not started. An essential stage that
@@ -28,16 +31,23 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cir_common.errors import DeadlineExceeded, InvalidArgument
+from cir_common.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cir_common.service_kit import StageTimer
 from cir_common.vocabulary import EditMode
 from cir_retriever import fusion
-from cir_retriever.clients import Budget, DownstreamError, ModelServices, ReasonedText
+from cir_retriever.clients import (
+    Budget,
+    DownstreamError,
+    InstructCirInfo,
+    InstructCirQueryEmbedding,
+    ModelServices,
+    ReasonedText,
+)
 from cir_retriever.gallery.types import CollectionSettings, ImageRecord
 from cir_retriever.latency import Shortfall, StageEstimates
 from cir_retriever.presets import WEIMOCIR_SLOTS
 from cir_retriever.settings import RetrieverSettings
-from cir_retriever.strategies import Options, QueryInputs, Requirements, StrategyName
+from cir_retriever.strategies import InstructCirVariant, Options, QueryInputs, Requirements, StrategyName
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +70,8 @@ class Trace:
     added_objects: str = ""
     objects_outcome: str = ""
     prompt: str = ""
+    # Other computed values by name (Explanation.details), e.g. the InstructCIR variant and checkpoint.
+    details: dict[str, str] = field(default_factory=dict)
     degradations: list[Degradation] = field(default_factory=list)
     timer: StageTimer = field(default_factory=StageTimer)
 
@@ -84,6 +96,9 @@ class QueryRequest:
     # options.edit_template was the caller's choice (not the preset's): the reasoner refusing it is the
     # caller's error (INVALID_ARGUMENT), not a degradation.
     edit_template_from_caller: bool = False
+    # The InstructCIR checkpoint the encoder serves (instructcir only): explain names it even when the
+    # stage degrades.
+    instructcir: InstructCirInfo | None = None
 
 
 # CLIP reads 77 tokens (a few hundred characters of ordinary text) and cuts the rest; LLM output can
@@ -301,6 +316,13 @@ class _StageRunner:
             self._degrade(stage, reason, effect)
             return fallback, reason
 
+    def _reference_source(self) -> bytes | str:
+        """The reference image as a model service reads it: the bytes given, or the stored image's URI."""
+        if self.r.reference.stored is not None:
+            return self.r.reference.stored.uri
+        assert self.r.reference.image is not None
+        return self.r.reference.image
+
     def _without_captions(self, stage: str, effect: str) -> None:
         """A stage that needs captions, with none: listed unless the captions stage already said so."""
         if not any(d.stage == "captions" for d in self.trace.degradations):
@@ -484,6 +506,66 @@ class _StageRunner:
             return None
         return await self._embed_texts("embed_reference_captions_all", captions)
 
+    async def instructcir_query(self) -> np.ndarray | None:
+        """The encoder's InstructCIR query embedding; None (and a degradation) when the call fails or runs
+        past its budget: the search then ranks by the reference image alone."""
+        variant = self.r.needs.instructcir or InstructCirVariant.PLAIN
+        reference = self._reference_source()
+        self.trace.details["instructcir_variant"] = variant.value
+        if self.r.instructcir is not None:
+            self._describe_checkpoint(self.r.instructcir.model.name, self.r.instructcir.model.revision)
+
+        async def call() -> InstructCirQueryEmbedding:
+            try:
+                return await self._timed(
+                    "instructcir_query",
+                    self.s.encoder.embed_instructcir_query(
+                        reference,
+                        _fit(self.r.text),
+                        variant is InstructCirVariant.FUSED,
+                        self.r.collection.preprocessing,
+                        self.budget,
+                        self.settings.instructcir_budget_s,
+                    ),
+                )
+            except DownstreamError as error:
+                if isinstance(reference, str) and error.refused_input:
+                    # Not a passing failure: every search of this reference would fall back the same way.
+                    raise FailedPrecondition(
+                        f"instructcir embeds the reference image with the text, and a reference given by id "
+                        f"is read from its stored uri {reference[:256]!r}, which the encoder refused "
+                        f"({error.details[:512]}); send the image as reference_image, or let the encoder "
+                        "read that folder (its image_uri_roots)"
+                    ) from error
+                raise
+
+        result, _ = await self._optional(
+            "instructcir_query",
+            call,
+            None,
+            "ranked by the reference image alone (image_only)",
+            self.settings.instructcir_budget_s,
+        )
+        if result is None:
+            return None
+        expected = self.r.instructcir
+        if expected is not None and result.model.revision != expected.model.revision:
+            # The encoder was restarted with another checkpoint after the collection's targets were checked
+            # against it: this query would be compared with targets of another model.
+            raise FailedPrecondition(
+                f"the encoder answered with InstructCIR checkpoint {result.model.name}@"
+                f"{result.model.revision[:12]}, not {expected.model.name}@{expected.model.revision[:12]} "
+                "whose targets this collection keeps: it was restarted with another checkpoint; retry, and "
+                "serve the collection's checkpoint or re-ingest"
+            )
+        self._describe_checkpoint(result.model.name, result.model.revision)
+        if variant is InstructCirVariant.FUSED and self.r.instructcir is not None:
+            self.trace.details["instructcir_fusion_weight"] = f"{self.r.instructcir.fusion_weight:.6g}"
+        return result.vector
+
+    def _describe_checkpoint(self, name: str, revision: str) -> None:
+        self.trace.details["instructcir_checkpoint"] = f"{name}@{revision}"
+
     # -- the graph -------------------------------------------------------------------------------------
 
     async def all(self) -> QueryInputs:
@@ -507,6 +589,8 @@ class _StageRunner:
                 await tasks.start("slots", self.caption_slots(captions_task))
             if self.r.reference_captions and captions_task is not None:
                 await tasks.start("all_captions", self.reference_captions(captions_task))
+            if needs.instructcir is not None:
+                await tasks.start("instructcir", self.instructcir_query())
             await asyncio.gather(*tasks.all())
         finally:
             # One stage failed (or the caller went away): leave no work running behind the answer.
@@ -521,4 +605,5 @@ class _StageRunner:
             edits=results.get("edits"),
             caption_slots=results.get("slots"),
             reference_captions=results.get("all_captions"),
+            instructcir_query=results.get("instructcir"),
         )

@@ -66,6 +66,9 @@ class RetrieverSettings(ServiceSettings):
     # Non-essential stages past these budgets degrade (fallbacks) instead of failing the search.
     captioner_budget_s: float = 30.0
     reasoner_budget_s: float = 60.0
+    # The instructcir strategy's query embedding (an encoder call): past it, or failed, the search ranks by
+    # the reference image alone (image_only) and lists the degradation.
+    instructcir_budget_s: float = 30.0
     # Shed work the deadline cannot cover, by each stage's recent durations in this process: a search whose
     # deadline is shorter than its strategy's essential stages fails with DEADLINE_EXCEEDED before any
     # model call; an essential stage (encoder, store search) that cannot fit fails it at once; a
@@ -107,7 +110,9 @@ class RetrieverSettings(ServiceSettings):
                 f"{ENV_PREFIX}MAX_TOP_K={self.max_top_k}"
             )
         self.require_at_least(1, "max_text_chars", "ingest_batch_size", "ingest_max_batches_in_flight")
-        self.require_positive("default_timeout_s", "captioner_budget_s", "reasoner_budget_s")
+        self.require_positive(
+            "default_timeout_s", "captioner_budget_s", "reasoner_budget_s", "instructcir_budget_s"
+        )
         cert, key, ca = self._downstream_tls_variables()
         if bool(self.downstream_tls_cert_file) != bool(self.downstream_tls_key_file):
             raise ConfigError(f"{cert} and {key} go together: set both (mTLS) or neither")

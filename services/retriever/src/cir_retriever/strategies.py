@@ -29,11 +29,17 @@ class StrategyName(StrEnum):
     LDRE = "ldre"
     WEIMOCIR = "weimocir"
     CVSI = "cvsi"
+    INSTRUCTCIR = "instructcir"
 
 
 class WeiMoCirVariant(StrEnum):
     CODED = "coded"
     PAPER = "paper"
+
+
+class InstructCirVariant(StrEnum):
+    PLAIN = "plain"  # the InstructCIR query embedding alone
+    FUSED = "fused"  # Eq. 3: mixed with the text's plain CLIP embedding by the checkpoint's learned weight
 
 
 TEXTUAL_INVERSION = {StrategyName.PIC2WORD, StrategyName.SEARLE, StrategyName.LINCIR}
@@ -49,6 +55,8 @@ DESCRIPTIONS: dict[StrategyName, str] = {
     StrategyName.LDRE: "ensemble of per-caption LLM edits against gallery images",
     StrategyName.WEIMOCIR: "weighted image/text fusion against image and caption features",
     StrategyName.CVSI: "edited captions + fine-grained pseudo-token prompt + image vs images + captions",
+    StrategyName.INSTRUCTCIR: "InstructCIR query embedding of (image, text) vs the gallery's InstructCIR "
+    "target embeddings (plain or Eq. 3 fused)",
 }
 
 
@@ -67,6 +75,7 @@ class Options:
     score: ScoreFunction
     weimocir_variant: WeiMoCirVariant
     edit_template: str
+    instructcir_variant: InstructCirVariant = InstructCirVariant.PLAIN
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class Requirements:
     edits: EditMode | None = None
     edit_first_caption_only: bool = False
     objects: bool = False
+    # The encoder's InstructCIR query embedding, in this variant; None = not needed.
+    instructcir: InstructCirVariant | None = None
 
 
 def requirements(strategy: StrategyName, options: Options) -> Requirements:
@@ -97,6 +108,8 @@ def requirements(strategy: StrategyName, options: Options) -> Requirements:
         return Requirements(captions=True, edits=EditMode.PER_CAPTION)
     if strategy is StrategyName.WEIMOCIR:
         return Requirements(captions=True, text_embedding=True)
+    if strategy is StrategyName.INSTRUCTCIR:
+        return Requirements(instructcir=options.instructcir_variant)
     # "" = the encoder's default mapping network (LinCIR in the CVSI profiles)
     return Requirements(captions=True, edits=options.edit_mode, objects=True, pseudo_prompt="")
 
@@ -113,6 +126,9 @@ class QueryInputs:
     caption_slots: np.ndarray | None = None  # (R, d): the reference's first R caption features
     # (N, d): every caption of the reference; computed only when asked for (LDRE's adaptive weights)
     reference_captions: np.ndarray | None = None
+    # (d_i,): the encoder's InstructCIR query embedding (fused by Eq. 3 in that variant); None when its stage
+    # degraded (the search then ranks as image_only: `ranked_as`)
+    instructcir_query: np.ndarray | None = None
 
 
 def compose_query(
@@ -135,6 +151,10 @@ def compose_query(
         return fusion.ldre_mean_query(_required(inputs.edits, "edits")), image
     if strategy is StrategyName.WEIMOCIR:
         return _weimocir(inputs, options)
+    if strategy is StrategyName.INSTRUCTCIR:
+        return normalize(_required(inputs.instructcir_query, "instructcir_query")), GallerySpec(
+            GalleryKind.INSTRUCTCIR
+        )
     q = fusion.cvsi_query(
         q_m=fusion.edited_caption_feature(_required(inputs.edits, "edits")),
         q_f=normalize(_required(inputs.pseudo_prompt, "pseudo_prompt")),
@@ -145,6 +165,14 @@ def compose_query(
     spec = GallerySpec(GalleryKind.CVSI, options.gamma, options.caption_features_renormalized, options.score)
     # For cosine the gallery rows are t/|t|; scaling q to unit length makes q . row the cosine itself.
     return (normalize(q) if options.score is ScoreFunction.COSINE else q), spec
+
+
+def ranked_as(strategy: StrategyName, inputs: QueryInputs) -> StrategyName:
+    """The strategy a query is ranked by: InstructCIR whose query stage degraded (no query embedding) falls
+    back to image_only, the reference image alone; every other strategy is itself."""
+    if strategy is StrategyName.INSTRUCTCIR and inputs.instructcir_query is None:
+        return StrategyName.IMAGE_ONLY
+    return strategy
 
 
 def without_missing_caption_slots(
@@ -192,4 +220,11 @@ def gallery_matrix(spec: GallerySpec, features: GalleryFeatures) -> np.ndarray:
         return fusion.searchable_gallery(fusion.cvsi_gallery(t_c, features.t_v, spec.gamma), spec.score)
     if spec.kind is GalleryKind.WEIMOCIR_CODED:
         return fusion.weimocir_coded_gallery(features.caption_slots, features.t_v)
+    if spec.kind is GalleryKind.INSTRUCTCIR:
+        if features.instructcir_target is None:
+            raise ValueError(
+                "these gallery features hold no InstructCIR target embeddings: export them from a collection "
+                "ingested while the encoder served an InstructCIR checkpoint"
+            )
+        return features.instructcir_target
     return fusion.weimocir_paper_gallery(features.caption_slots, features.t_v, spec.weimocir_b)

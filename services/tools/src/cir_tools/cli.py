@@ -44,6 +44,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "models": Command("cir_tools.commands.models", "model packs"),
     "train": Command("cir_tools.commands.train", "train models on CPU (phi: a mapping network for a CLIP)"),
+    "triplets": Command(
+        "cir_tools.commands.triplets", "InstructCIR training triplets: pair, caption and describe images"
+    ),
     "keys": Command("cir_tools.commands.keys", "make an API key of the retriever and its keys-file entry"),
 }
 

@@ -29,8 +29,16 @@ class Collection(Protocol):
 
     def manifest(self) -> Manifest: ...
 
-    def record_models(self, encoder: dict[str, str], captioner: dict[str, str], dim: int) -> None:
-        """Records which models made the vectors; FailedPrecondition when another encoder made them."""
+    def record_models(
+        self,
+        encoder: dict[str, str],
+        captioner: dict[str, str],
+        dim: int,
+        instructcir: dict[str, str] | None = None,
+        instructcir_dim: int = 0,
+    ) -> None:
+        """Records which models made the vectors (and the InstructCIR checkpoint of the images' targets, None
+        when they carry none); FailedPrecondition when another encoder (or checkpoint) made them."""
         ...
 
     def content_hashes(self, ids: Sequence[str]) -> dict[str, str]:

@@ -4,7 +4,9 @@ Durability: each upsert batch is one SQLite transaction (WAL, synchronous FULL),
 the batch in flight and never leaves half a record. Vectors are stored raw where later strategies need
 raw features (the image embedding feeds Phi; WeiMoCIR fuses raw caption features), and the caption mean as
 CVSI's t_c before any renormalisation, so any gamma or preset is answered without running a model again.
-The declared filterable fields' typed values have their own table.
+The declared filterable fields' typed values have their own table, and so do the InstructCIR target
+embeddings (normalised) of a collection that keeps them: a table of its own (`instructcir_targets`), so that
+collections written before it existed open unchanged.
 
 Search: the first search (or `load()`) reads the collection once into `matrices.SearchMatrices`; from then
 on every upsert / replace / delete updates SQLite and then the matrices (appends, tombstones, compaction),
@@ -37,6 +39,7 @@ from cir_retriever.gallery.matrices import RowBatch, SearchMatrices
 from cir_retriever.gallery.rules import (
     check_same_encoder,
     check_shapes,
+    check_targets,
     collection_not_found,
     last_of_each_id,
     now,
@@ -50,6 +53,7 @@ from cir_retriever.gallery.types import (
     Filter,
     FilterableField,
     GalleryFeatures,
+    GalleryKind,
     GallerySpec,
     Hit,
     ImageRecord,
@@ -77,6 +81,7 @@ CREATE TABLE IF NOT EXISTS image_fields (
     value NOT NULL,
     PRIMARY KEY (id, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS instructcir_targets (id TEXT PRIMARY KEY, vector BLOB NOT NULL) WITHOUT ROWID;
 """
 _MATRIX_HEADER_BYTES = 12  # cir_common.vectors.pack_f32_matrix: magic, rows, cols
 _LOAD_CHUNK = 8192  # rows per fetch when loading the matrices (bounds the temporary copies)
@@ -131,13 +136,24 @@ class Collection:
             self._settings = self.manifest().settings
         return self._settings
 
-    def record_models(self, encoder: dict[str, str], captioner: dict[str, str], dim: int) -> None:
-        """Records which models made the vectors; another encoder is refused (its vectors do not compare)."""
+    def record_models(
+        self,
+        encoder: dict[str, str],
+        captioner: dict[str, str],
+        dim: int,
+        instructcir: dict[str, str] | None = None,
+        instructcir_dim: int = 0,
+    ) -> None:
+        """Records which models made the vectors; another encoder is refused (its vectors do not compare), and
+        so are InstructCIR targets of another checkpoint than the collection keeps (or none / some where it
+        keeps some / none)."""
         with self._lock:
             manifest = self.manifest()
-            check_same_encoder(manifest, encoder, dim)
+            check_same_encoder(manifest, encoder, dim, instructcir, instructcir_dim)
             if not manifest.encoder:
                 manifest.encoder, manifest.captioner, manifest.embedding_dim = encoder, captioner, dim
+                manifest.instructcir = dict(instructcir or {})
+                manifest.instructcir_dim = instructcir_dim if instructcir else 0
                 self._write_manifest(manifest)
 
     # -- records ---------------------------------------------------------------------------------------------
@@ -164,6 +180,7 @@ class Collection:
         fields = self.settings().filterable_fields
         typed = [typed_record_metadata(record, fields) for record in records]
         self._check_shapes(records)
+        check_targets(records, self.name, self.manifest().instructcir_dim)
         rows = [
             (
                 r.id,
@@ -182,6 +199,9 @@ class Collection:
             for r, values in zip(records, typed, strict=True)
             for name, value in values.items()
         ]
+        target_rows = [
+            (r.id, pack_f32(r.instructcir_target)) for r in records if r.instructcir_target is not None
+        ]
         ids = [r.id for r in records]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -190,8 +210,12 @@ class Collection:
                 for chunk in _chunks(ids, _ID_CHUNK):
                     marks = ",".join("?" * len(chunk))
                     self._db.execute(f"DELETE FROM image_fields WHERE id IN ({marks})", chunk)
+                    self._db.execute(f"DELETE FROM instructcir_targets WHERE id IN ({marks})", chunk)
                 self._db.executemany(
                     "INSERT INTO image_fields (id, name, value) VALUES (?, ?, ?)", field_rows
+                )
+                self._db.executemany(
+                    "INSERT INTO instructcir_targets (id, vector) VALUES (?, ?)", target_rows
                 )
                 self._touch()
                 self._db.execute("COMMIT")
@@ -235,6 +259,7 @@ class Collection:
                         marks = ",".join("?" * len(chunk))
                         self._db.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
                         self._db.execute(f"DELETE FROM image_fields WHERE id IN ({marks})", chunk)
+                        self._db.execute(f"DELETE FROM instructcir_targets WHERE id IN ({marks})", chunk)
                     self._touch()
                     self._db.execute("COMMIT")
                 except BaseException:
@@ -260,7 +285,7 @@ class Collection:
 
     def get(self, image_id: str) -> ImageRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+            row = self._db.execute(f"{_RECORD_COLUMNS} WHERE images.id = ?", (image_id,)).fetchone()
         return None if row is None else _record(row)
 
     def size(self) -> int:
@@ -299,6 +324,8 @@ class Collection:
         matrices = self._loaded()
         if exact.needs_slots(spec) and not matrices.has_slots:
             self._build_slots(matrices)
+        if spec.kind is GalleryKind.INSTRUCTCIR and not matrices.has_instructcir:
+            self._build_instructcir(matrices)
         view = matrices.view()
         if view.live and queries.shape[1] != exact.query_width(view, spec):
             raise InvalidArgument(
@@ -399,6 +426,24 @@ class Collection:
 
             matrices.build_slots(slot_count, chunks())
 
+    def _build_instructcir(self, matrices: SearchMatrices) -> None:
+        """The InstructCIR target matrix instructcir searches need: one more pass over SQLite, once; a
+        collection that keeps no targets is refused (the core checks this first, with advice)."""
+        with self._lock:
+            if matrices.has_instructcir:
+                return
+            dim = self.manifest().instructcir_dim
+            if not dim:
+                raise FailedPrecondition(f"collection {self.name!r} keeps no InstructCIR target embeddings")
+
+            def chunks() -> Iterator[tuple[list[str], np.ndarray]]:
+                cursor = self._db.execute("SELECT id, vector FROM instructcir_targets")
+                while rows := cursor.fetchmany(_LOAD_CHUNK):
+                    self.rows_loaded += len(rows)
+                    yield [image_id for image_id, _ in rows], _packed_rows([blob for _, blob in rows], dim)
+
+            matrices.build_instructcir(dim, chunks())
+
     # -- export ----------------------------------------------------------------------------------------------
 
     def export(self, page_size: int) -> Iterator[FeaturePage]:
@@ -408,19 +453,16 @@ class Collection:
         return self._pages(page_size, self.size())
 
     def _pages(self, page_size: int, total: int) -> Iterator[FeaturePage]:
-        columns = (
-            "SELECT id, uri, metadata, content_sha256, captions, image_raw, caption_mean, caption_slots "
-            "FROM images"
-        )
+        columns = _RECORD_COLUMNS
         after: str | None = None
         while True:
             # Keyset pagination: no cursor stays open (or lock held) while a consumer handles a page.
             with self._lock:
                 if after is None:
-                    rows = self._db.execute(f"{columns} ORDER BY id LIMIT ?", (page_size,)).fetchall()
+                    rows = self._db.execute(f"{columns} ORDER BY images.id LIMIT ?", (page_size,)).fetchall()
                 else:
                     rows = self._db.execute(
-                        f"{columns} WHERE id > ? ORDER BY id LIMIT ?", (after, page_size)
+                        f"{columns} WHERE images.id > ? ORDER BY images.id LIMIT ?", (after, page_size)
                     ).fetchall()
             if not rows:
                 return
@@ -432,6 +474,7 @@ class Collection:
                     t_v=normalize(image_raw),
                     caption_mean=np.stack([unpack_f32(r[6]) for r in rows]),
                     caption_slots=np.stack([unpack_f32_matrix(r[7]) for r in rows]),
+                    instructcir_target=_targets([r[8] for r in rows]),
                 ),
                 total=total,
                 image_raw=image_raw,
@@ -445,6 +488,19 @@ class Collection:
 
 
 _decode_json = json.JSONDecoder().raw_decode
+# A stored record: the images row and its InstructCIR target (NULL for a collection that keeps none).
+_RECORD_COLUMNS = (
+    "SELECT images.id, uri, metadata, content_sha256, captions, image_raw, caption_mean, caption_slots, "
+    "instructcir_targets.vector FROM images "
+    "LEFT JOIN instructcir_targets ON instructcir_targets.id = images.id"
+)
+
+
+def _targets(blobs: Sequence[bytes | None]) -> np.ndarray | None:
+    """The rows' InstructCIR targets as one matrix; None when they have none (the collection keeps none)."""
+    if any(blob is None for blob in blobs):
+        return None
+    return np.stack([unpack_f32(blob) for blob in blobs if blob is not None])
 
 
 def _metadata(text: str) -> dict[str, str]:
@@ -463,6 +519,9 @@ def _row_batch(records: Sequence[ImageRecord], rows: Sequence[tuple], typed: Seq
         caption_mean=np.stack([r.caption_mean for r in records]).astype(np.float32, copy=False),
         typed=typed,
         caption_slots=np.stack([r.caption_slots for r in records]).astype(np.float32, copy=False),
+        instructcir_target=None
+        if any(r.instructcir_target is None for r in records)
+        else np.stack([r.instructcir_target for r in records]).astype(np.float32, copy=False),
     )
 
 
@@ -495,6 +554,7 @@ def _record(row: tuple) -> ImageRecord:
         image_raw=unpack_f32(row[5]),
         caption_mean=unpack_f32(row[6]),
         caption_slots=unpack_f32_matrix(row[7]),
+        instructcir_target=None if row[8] is None else unpack_f32(row[8]),
     )
 
 

@@ -4,8 +4,9 @@ exact search over them.
 What is kept per row: t_v (normalised image features) and t_c (raw caption mean) as two float32 matrices,
 three float64 scalars (|t_v|^2, |t_c|^2, t_c . t_v) for the cosine form of CVSI, the id / URI / metadata
 text, and the typed filter columns. The caption slots WeiMoCIR needs are built only when a WeiMoCIR search
-first asks for them (they are R times the size of t_v), then maintained like the rest. Raw image vectors
-are not kept: SQLite has them.
+first asks for them (they are R times the size of t_v), then maintained like the rest; so is the matrix of
+InstructCIR target embeddings, built when an instructcir search first asks for it. Raw image vectors are not
+kept: SQLite has them.
 
 Rows are appended in write order, which is also SQLite's rowid order, so a reopened collection has the
 same rows in the same order. A replaced image's old row and a deleted image's row become tombstones; when
@@ -50,6 +51,7 @@ class RowBatch:
     caption_mean: np.ndarray  # (m, d) raw caption means (t_c)
     typed: Sequence[dict[str, TypedValue]]  # declared fields' typed values
     caption_slots: np.ndarray | None = None  # (m, R, d) raw; None when loading (slots are built lazily)
+    instructcir_target: np.ndarray | None = None  # (m, d_i) normalised; None when loading or kept by none
 
     def last_of_each_id(self) -> RowBatch:
         """The batch as SQLite's INSERT OR REPLACE leaves it: the last entry of each id, in the order of those
@@ -66,6 +68,7 @@ class RowBatch:
             caption_mean=self.caption_mean[keep],
             typed=[self.typed[i] for i in keep],
             caption_slots=None if self.caption_slots is None else self.caption_slots[keep],
+            instructcir_target=None if self.instructcir_target is None else self.instructcir_target[keep],
         )
 
 
@@ -88,6 +91,7 @@ class View:
     columns: FilterColumns
     slots: np.ndarray | None = None  # (capacity, R, d) normalised caption slots, once a search needed them
     slot_mean: np.ndarray | None = None  # (capacity, d) mean_r of the normalised slots
+    instructcir: np.ndarray | None = None  # (capacity, d_i) InstructCIR targets, once a search needed them
 
     @property
     def live(self) -> int:
@@ -121,7 +125,7 @@ class SearchMatrices:
         """Bytes the current view's arrays hold (their allocated capacity), for the metrics."""
         view = self._view
         arrays = (view.t_v, view.t_c, view.image_sq, view.caption_sq, view.caption_dot, view.dead)
-        slots = sum(a.nbytes for a in (view.slots, view.slot_mean) if a is not None)
+        slots = sum(a.nbytes for a in (view.slots, view.slot_mean, view.instructcir) if a is not None)
         return sum(a.nbytes for a in arrays) + slots + view.columns.nbytes
 
     def row_of(self, image_id: str) -> int | None:
@@ -130,6 +134,10 @@ class SearchMatrices:
     @property
     def has_slots(self) -> bool:
         return self._view.slots is not None
+
+    @property
+    def has_instructcir(self) -> bool:
+        return self._view.instructcir is not None
 
     # -- writes ----------------------------------------------------------------------------------------------
 
@@ -165,6 +173,13 @@ class SearchMatrices:
             slots = normalize(np.asarray(batch.caption_slots, np.float32))
             view.slots[start:stop] = slots
             view.slot_mean[start:stop] = slots.mean(axis=1)
+        if view.instructcir is not None:
+            # A row without a target (never written by ingestion, which keeps the column whole) scores 0.
+            targets = batch.instructcir_target
+            if targets is None or targets.shape[1:] != view.instructcir.shape[1:]:
+                view.instructcir[start:stop] = 0.0
+            else:
+                view.instructcir[start:stop] = normalize(np.asarray(targets, np.float32))
         replaced = [self._row_of[i] for i in batch.ids if i in self._row_of]
         self._row_of.update(zip(batch.ids, range(start, stop), strict=True))
         view.ids.extend(batch.ids)
@@ -213,6 +228,7 @@ class SearchMatrices:
             columns=view.columns.compacted(rows, capacity),
             slots=None if view.slots is None else _gathered(view.slots, rows, capacity),
             slot_mean=None if view.slot_mean is None else _gathered(view.slot_mean, rows, capacity),
+            instructcir=None if view.instructcir is None else _gathered(view.instructcir, rows, capacity),
         )
         self._row_of = {image_id: row for row, image_id in enumerate(ids)}
 
@@ -239,6 +255,18 @@ class SearchMatrices:
             slot_mean[rows] = normalized.mean(axis=1)
         self._view = replace(view, slots=slots, slot_mean=slot_mean)
 
+    def build_instructcir(self, dim: int, chunks: Iterable[tuple[Sequence[str], np.ndarray]]) -> None:
+        """Builds the InstructCIR target matrix from (ids, targets (m, d_i)) chunks of the stored images and
+        publishes it (rows of ids without a target stay 0); later upserts keep it up to date."""
+        view = self._view
+        targets = np.zeros((view.capacity, dim), np.float32)
+        for ids, vectors in chunks:
+            found = [(k, self._row_of[i]) for k, i in enumerate(ids) if i in self._row_of]
+            if found:
+                picked, rows = (list(x) for x in zip(*found, strict=True))
+                targets[rows] = normalize(np.asarray(vectors[picked], np.float32))
+        self._view = replace(view, instructcir=targets)
+
 
 # -- search ----------------------------------------------------------------------------------------------
 
@@ -249,7 +277,15 @@ def query_width(view: View, spec: GallerySpec) -> int:
         if view.slots is None:
             raise RuntimeError("the caption slots are not built: call build_slots first")
         return (view.slots.shape[1] + 1) * view.dim
+    if spec.kind is GalleryKind.INSTRUCTCIR:
+        return _instructcir(view).shape[1]
     return view.dim
+
+
+def _instructcir(view: View) -> np.ndarray:
+    if view.instructcir is None:
+        raise RuntimeError("the InstructCIR targets are not built: call build_instructcir first")
+    return view.instructcir
 
 
 def needs_slots(spec: GallerySpec) -> bool:
@@ -331,6 +367,8 @@ def gallery_scores(view: View, spec: GallerySpec, queries: np.ndarray, rows: np.
 
     if spec.kind is GalleryKind.IMAGE:
         return product(view.t_v, queries)
+    if spec.kind is GalleryKind.INSTRUCTCIR:
+        return product(_instructcir(view), queries)
     if spec.kind is GalleryKind.CVSI:
         return fusion.cvsi_scores_from_products(
             product(view.t_v, queries),
@@ -361,6 +399,8 @@ def gallery_rows(view: View, spec: GallerySpec, start: int, stop: int) -> np.nda
     t_v = view.t_v[start:stop]
     if spec.kind is GalleryKind.IMAGE:
         return np.ascontiguousarray(t_v)
+    if spec.kind is GalleryKind.INSTRUCTCIR:
+        return np.ascontiguousarray(_instructcir(view)[start:stop])
     if spec.kind is GalleryKind.CVSI:
         t_c = view.t_c[start:stop]
         if spec.caption_features_renormalized:
@@ -416,6 +456,7 @@ def _with_capacity(view: View, rows: int) -> View:
         columns=view.columns.grown(capacity, view.n),
         slots=None if view.slots is None else _grown(view.slots, view.n, capacity),
         slot_mean=None if view.slot_mean is None else _grown(view.slot_mean, view.n, capacity),
+        instructcir=None if view.instructcir is None else _grown(view.instructcir, view.n, capacity),
     )
 
 

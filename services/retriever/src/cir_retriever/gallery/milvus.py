@@ -49,6 +49,7 @@ from cir_retriever.gallery.filters import TypedValue, validate_filter
 from cir_retriever.gallery.milvus_vectors import (
     COSINE_FIELDS,
     FUSED,
+    INSTRUCTCIR,
     WEIMOCIR,
     CosineSpec,
     Layout,
@@ -59,6 +60,7 @@ from cir_retriever.gallery.milvus_vectors import (
 from cir_retriever.gallery.rules import (
     check_same_encoder,
     check_shapes,
+    check_targets,
     collection_not_found,
     last_of_each_id,
     now,
@@ -500,7 +502,12 @@ class MilvusGalleryStore:
             return None
         dims = {f["name"]: int(f["params"]["dim"]) for f in info["fields"] if "dim" in f.get("params", {})}
         dim = dims[FUSED] // 3
-        layout = Layout(dim=dim, slots=dims[WEIMOCIR] // dim - 2, cosine=meta.cosine)
+        layout = Layout(
+            dim=dim,
+            slots=dims[WEIMOCIR] // dim - 2,
+            cosine=meta.cosine,
+            instructcir_dim=dims.get(INSTRUCTCIR, 0),
+        )
         with self._lock:
             self._layouts[meta.data] = layout
         return layout
@@ -725,17 +732,30 @@ class MilvusCollection:
             embedding_dim=int(models.get("dim", 0)),
             encoder=dict(models.get("encoder", {})),
             captioner=dict(models.get("captioner", {})),
+            instructcir=dict(models.get("instructcir", {})),
+            instructcir_dim=int(models.get("instructcir_dim", 0)),
         )
 
-    def record_models(self, encoder: dict[str, str], captioner: dict[str, str], dim: int) -> None:
-        """Records which models made the vectors; another encoder is refused (its vectors do not compare)."""
+    def record_models(
+        self,
+        encoder: dict[str, str],
+        captioner: dict[str, str],
+        dim: int,
+        instructcir: dict[str, str] | None = None,
+        instructcir_dim: int = 0,
+    ) -> None:
+        """Records which models made the vectors; another encoder is refused (its vectors do not compare), and
+        so are InstructCIR targets of another checkpoint than the collection keeps (or none / some where it
+        keeps some / none)."""
         manifest = self.manifest()
         if not manifest.encoder:
-            value = json.dumps({"encoder": encoder, "captioner": captioner, "dim": dim})
-            self._store._write_catalog("models", self.name, value)
+            models: dict[str, Any] = {"encoder": encoder, "captioner": captioner, "dim": dim}
+            if instructcir:
+                models.update(instructcir=dict(instructcir), instructcir_dim=instructcir_dim)
+            self._store._write_catalog("models", self.name, json.dumps(models))
             # Read back: two replicas recording different encoders at once: the one whose row lost is refused.
             manifest = self.manifest()
-        check_same_encoder(manifest, encoder, dim)
+        check_same_encoder(manifest, encoder, dim, instructcir, instructcir_dim)
 
     def _touch(self) -> None:
         self._store._write_catalog("updated", self.name, json.dumps({"updated_at": now()}))
@@ -779,17 +799,23 @@ class MilvusCollection:
         fields = meta.settings.filterable_fields
         typed = [typed_record_metadata(record, fields) for record in records]
         if layout is None:
-            dim = self.manifest().embedding_dim or int(records[0].image_raw.shape[-1])
+            manifest = self.manifest()
+            dim = manifest.embedding_dim or int(records[0].image_raw.shape[-1])
             slots = int(records[0].caption_slots.shape[0]) if records[0].caption_slots.ndim == 2 else 0
+            # The data collection gets the InstructCIR field when the models recorded at the first write name
+            # a checkpoint (ingestion and import record them before writing).
+            targets_dim = manifest.instructcir_dim
         else:
-            dim, slots = layout.dim, layout.slots
+            dim, slots, targets_dim = layout.dim, layout.slots, layout.instructcir_dim
         check_shapes(records, dim, slots)
-        wanted = Layout(dim=dim, slots=slots, cosine=meta.cosine)
+        check_targets(records, self.name, targets_dim)
+        wanted = Layout(dim=dim, slots=slots, cosine=meta.cosine, instructcir_dim=targets_dim)
         rows = _rows(records, typed, fields, wanted)
         if layout is None:
             layout = self._store.create_data(meta, wanted)
             if (layout.dim, layout.slots) != (dim, slots):
                 check_shapes(records, layout.dim, layout.slots)  # raises: created elsewhere for other shapes
+            check_targets(records, self.name, layout.instructcir_dim)
         step = max(1, _MAX_REQUEST_BYTES // max(_row_bytes(row) for row in rows))
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]  # vectors stay numpy arrays: pymilvus takes them as they are
@@ -923,7 +949,7 @@ class MilvusCollection:
 
     def _pages(self, page_size: int, layout: Layout, total: int) -> Iterator[FeaturePage]:
         # Keep each Milvus response bounded: raw features are base64 (4/3 of 4 bytes per component).
-        row_bytes = int(4 * layout.dim * (layout.slots + 2) * 4 / 3) + 2048
+        row_bytes = int(4 * (layout.dim * (layout.slots + 2) + layout.instructcir_dim) * 4 / 3) + 2048
         per_query = max(1, min(_MAX_RESULT_WINDOW, _MAX_RESPONSE_BYTES // row_bytes))
         last = ""
         done = False
@@ -967,11 +993,13 @@ def _rows(
     layout: Layout,
 ) -> list[dict[str, Any]]:
     image_raw = np.stack([r.image_raw for r in records]).astype(np.float32)
+    targets = [r.instructcir_target for r in records]
     vectors = gallery_rows(
         layout,
         normalize(image_raw),
         np.stack([r.caption_mean for r in records]).astype(np.float32),
         np.stack([r.caption_slots for r in records]).astype(np.float32),
+        None if any(t is None for t in targets) else np.stack(targets),  # type: ignore[arg-type]
     )
     rows = []
     for n, (record, values) in enumerate(zip(records, typed, strict=True)):
@@ -985,6 +1013,12 @@ def _rows(
                 "image": _pack(record.image_raw),
                 "mean": _pack(record.caption_mean),
                 "slots": _pack(record.caption_slots),
+                # the target again, packed: `get` and export read records from here, not from vector fields
+                **(
+                    {"instructcir": _pack(record.instructcir_target)}
+                    if record.instructcir_target is not None
+                    else {}
+                ),
             },
             "present": [spec.name for spec in fields if spec.name in values],
         }
@@ -1043,6 +1077,9 @@ def _record(row: dict[str, Any], layout: Layout) -> ImageRecord:
         image_raw=_unpack(row["raw"]["image"], (d,)),
         caption_mean=_unpack(row["raw"]["mean"], (d,)),
         caption_slots=_unpack(row["raw"]["slots"], (layout.slots, d)),
+        instructcir_target=_unpack(row["raw"]["instructcir"], (layout.instructcir_dim,))
+        if "instructcir" in row["raw"]
+        else None,
     )
 
 
@@ -1057,6 +1094,9 @@ def _page(records: list[ImageRecord], layout: Layout, total: int) -> FeaturePage
             caption_slots=np.stack([r.caption_slots for r in records]).reshape(
                 len(records), layout.slots, layout.dim
             ),
+            instructcir_target=None
+            if any(r.instructcir_target is None for r in records)
+            else np.stack([r.instructcir_target for r in records]),  # type: ignore[misc]
         ),
         total=total,
         image_raw=image_raw,

@@ -15,6 +15,14 @@ parts (pure numpy here, checked against `strategies.gallery_matrix(spec, feature
     WEIMOCIR paper, b          [0..0, (1-b) q, b q]   . weimocir = q . ((1-b) t_v + b mean_r normalize(C_r))
     CVSI cosine, (g, renorm)   q                      . cosine_i, for the (g, renorm) pairs stored (presets)
 
+    INSTRUCTCIR                q                      . instructcir (the normalised target embeddings, d_i)
+
+A collection keeping InstructCIR targets (its manifest names a checkpoint when its data collection is made)
+stores them in a fifth vector field, `instructcir`, of their own dimension d_i. milvus-lite 2.5.1 accepts five
+vector fields (checked: it creates collections with five and six); a Milvus server refuses more than
+proxy.maxVectorFieldNum (4 by default), so serving InstructCIR collections from one needs that raised to 5.
+Collections without InstructCIR targets keep the four fields above and work on any server unchanged.
+
 Cosine divides each row by its own norm, which depends on gamma: no expansion of q gives it for an arbitrary
 gamma, so only the presets' pairs are stored (plus gamma 0 and 1, which are plain parts of `fused`); any other
 is refused with FailedPrecondition rather than approximated.
@@ -33,6 +41,7 @@ from cir_retriever.gallery.types import GalleryKind, GallerySpec
 
 FUSED = "fused"
 WEIMOCIR = "weimocir"
+INSTRUCTCIR = "instructcir"
 # Four vector fields per collection is Milvus' default limit (proxy.maxVectorFieldNum): two are left for
 # cosine galleries after `fused` and `weimocir`.
 MAX_COSINE_FIELDS = 2
@@ -67,12 +76,13 @@ class Layout:
     dim: int
     slots: int
     cosine: tuple[CosineSpec, ...]
+    instructcir_dim: int = 0  # d_i of the InstructCIR targets; 0: the collection keeps none
 
     def __post_init__(self) -> None:
         if len(self.cosine) > MAX_COSINE_FIELDS:
             raise ValueError(f"at most {MAX_COSINE_FIELDS} cosine galleries fit a Milvus collection")
         widest = max(3, self.slots + 2) * self.dim
-        if widest > MAX_MILVUS_DIM:
+        if max(widest, self.instructcir_dim) > MAX_MILVUS_DIM:
             raise InvalidArgument(
                 f"vectors of dimension {self.dim} with {self.slots} caption slots need a Milvus vector field "
                 f"of {widest} components; Milvus allows at most {MAX_MILVUS_DIM}"
@@ -81,13 +91,20 @@ class Layout:
     def field_dims(self) -> dict[str, int]:
         dims = {FUSED: 3 * self.dim, WEIMOCIR: (self.slots + 2) * self.dim}
         dims.update({COSINE_FIELDS[i]: self.dim for i in range(len(self.cosine))})
+        if self.instructcir_dim:
+            dims[INSTRUCTCIR] = self.instructcir_dim
         return dims
 
 
 def gallery_rows(
-    layout: Layout, t_v: np.ndarray, caption_mean: np.ndarray, caption_slots: np.ndarray
+    layout: Layout,
+    t_v: np.ndarray,
+    caption_mean: np.ndarray,
+    caption_slots: np.ndarray,
+    instructcir_target: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every stored vector field for n images: t_v (n, d) normalised, caption_mean (n, d), slots (n, R, d)."""
+    """Every stored vector field for n images: t_v (n, d) normalised, caption_mean (n, d), slots (n, R, d),
+    the InstructCIR targets (n, d_i) when the layout keeps them (rows of zeros where a write has none)."""
     t_v = np.asarray(t_v, np.float32)
     t_c = np.asarray(caption_mean, np.float32)
     slots = np.asarray(caption_slots, np.float32)
@@ -103,6 +120,11 @@ def gallery_rows(
     for field, spec in zip(COSINE_FIELDS, layout.cosine, strict=False):
         caption_part = t_c_unit if spec.renormalized else t_c
         rows[field] = normalize(spec.gamma * caption_part + (1.0 - spec.gamma) * t_v)
+    if layout.instructcir_dim:
+        if instructcir_target is None:
+            rows[INSTRUCTCIR] = np.zeros((n, layout.instructcir_dim), np.float32)
+        else:
+            rows[INSTRUCTCIR] = normalize(np.asarray(instructcir_target, np.float32))
     return {name: matrix.astype(np.float32, copy=False) for name, matrix in rows.items()}
 
 
@@ -119,6 +141,15 @@ def expand_query(layout: Layout, spec: GallerySpec, q: np.ndarray) -> tuple[str,
                 f"{layout.slots} caption slots of dimension {d}, so it must have {want}"
             )
         return WEIMOCIR, np.concatenate([q, zeros])
+    if spec.kind is GalleryKind.INSTRUCTCIR:
+        if not layout.instructcir_dim:
+            raise FailedPrecondition("this Milvus collection keeps no InstructCIR target embeddings")
+        if q.shape != (layout.instructcir_dim,):
+            raise FailedPrecondition(
+                f"the InstructCIR query has shape {q.shape}; this collection's targets have dimension "
+                f"{layout.instructcir_dim}"
+            )
+        return INSTRUCTCIR, q
     if q.shape != (d,):
         raise FailedPrecondition(
             f"the query vector has shape {q.shape}; this collection holds vectors of dimension {d}"

@@ -96,6 +96,10 @@ class Manifest:
     # ModelIdentity fields of the models that produced the vectors; empty until the first ingest.
     encoder: dict[str, str] = field(default_factory=dict)
     captioner: dict[str, str] = field(default_factory=dict)
+    # The InstructCIR checkpoint whose target embeddings every image keeps, and their dimension; empty / 0
+    # when the images were indexed without one (fixed with the encoder, at the first write).
+    instructcir: dict[str, str] = field(default_factory=dict)
+    instructcir_dim: int = 0
 
 
 # --- images ---------------------------------------------------------------------------------------------
@@ -111,6 +115,8 @@ class ImageRecord:
     image_raw: np.ndarray  # raw CLIP image embedding (d,)
     caption_mean: np.ndarray  # mean of normalised caption features (d,), not renormalised
     caption_slots: np.ndarray  # raw features of the first R captions (R, d)
+    # The normalised InstructCIR target embedding (d_i,) when the collection keeps that column, else None.
+    instructcir_target: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,8 @@ class GalleryFeatures:
     t_v: np.ndarray  # (n, d) normalised image features
     caption_mean: np.ndarray  # (n, d) mean of normalised caption features, not renormalised
     caption_slots: np.ndarray  # (n, R, d) raw features of the first R captions
+    # (n, d_i) normalised InstructCIR target embeddings; None when the collection keeps none
+    instructcir_target: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,7 @@ class GalleryKind(StrEnum):
     CVSI = "cvsi"  # gamma*t_c + (1-gamma)*t_v, then as the score function needs
     WEIMOCIR_CODED = "weimocir_coded"  # [normalize(C_1..C_R), t_v]
     WEIMOCIR_PAPER = "weimocir_paper"  # (1-b)*t_v + b*mean_r normalize(C_r)
+    INSTRUCTCIR = "instructcir"  # the normalised InstructCIR target embeddings (their own dimension d_i)
 
 
 @dataclass(frozen=True)

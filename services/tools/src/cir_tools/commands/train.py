@@ -43,11 +43,110 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     phi.add_argument("--lr", type=_positive_float, default=5e-4, help="peak learning rate (default: 5e-4)")
     phi.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     phi.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
+    _add_instructcir_arguments(trainers)
 
 
 def run(args: argparse.Namespace) -> int:
-    # One trainer so far: `train_command` is "phi".
+    if args.train_command == "instructcir":
+        return _train_instructcir(args)
     return _train_phi(args)
+
+
+def _add_instructcir_arguments(trainers: argparse._SubParsersAction) -> None:
+    parser = trainers.add_parser(
+        "instructcir",
+        help="train an InstructCIR network on `cir triplets` output (docs/instructcir.md)",
+        description="Train InstructCIR (a CLIP ViT with cross-attention to the instruction, EMA target "
+        "encoder, batch contrastive loss) on a triplets JSONL. Writes OUT/instructcir.pt (the encoder's "
+        "instructcir_checkpoint), OUT/last.pt (to --resume) and OUT/metrics.json after every epoch. Under "
+        "torchrun (WORLD_SIZE > 1) each process takes one GPU and --batch-size is per process.",
+    )
+    parser.add_argument("--triplets", required=True, help="JSONL written by `cir triplets`")
+    parser.add_argument(
+        "--clip",
+        required=True,
+        help="open_clip model name, 'local-dir:PATH', a folder holding open_clip_config.json, or a profile "
+        ".toml whose [encoder] names the CLIP (a model pack's profile.toml)",
+    )
+    parser.add_argument("--pretrained", help="weights file (or pretrained tag) for a model name")
+    parser.add_argument("--config-dir", help="folder of <model name>.json configs for a custom architecture")
+    parser.add_argument("--out", required=True, help="folder for instructcir.pt, last.pt and metrics.json")
+    parser.add_argument("--images-root", help="folder the triplets' relative image paths start from")
+    parser.add_argument("--epochs", type=_positive_int, default=10, help="main-stage epochs (default: 10)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="per process (default: 32)")
+    parser.add_argument("--lr", type=_positive_float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
+    parser.add_argument(
+        "--heldout-fraction", type=float, default=0.1, help="share of pairs held out (default: 0.1)"
+    )
+    parser.add_argument(
+        "--fusion", action="store_true", help="then fine-tune Eq. 3's fusion weight with the towers frozen"
+    )
+    parser.add_argument(
+        "--fusion-epochs", type=_positive_int, default=1, help="epochs of the --fusion stage (default: 1)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in OUT/last.pt")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument("--workers", type=int, default=0, help="image loading processes (default: 0)")
+    parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: 2)")
+
+
+def _train_instructcir(args: argparse.Namespace) -> int:
+    import torch
+
+    from cir_common.errors import ConfigError
+    from cir_encoder.clip_loading import load_clip
+    from cir_tools.training.clip_source import clip_source
+    from cir_tools.training.instructcir import InstructCirTrainingSettings, train_instructcir
+    from cir_tools.training.instructcir_data import read_triplets
+    from cir_tools.training.instructcir_distributed import start_distributed, stop_distributed
+
+    data = read_triplets(Path(args.triplets))
+    if not data.triplets:
+        raise ValueError(f"--triplets {args.triplets} holds no usable triplet ({data.skipped} lines skipped)")
+    settings = InstructCirTrainingSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        heldout_fraction=args.heldout_fraction,
+        fusion=args.fusion,
+        fusion_epochs=args.fusion_epochs,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    torch.set_num_threads(args.threads)
+    try:
+        context = start_distributed(args.device)
+        model, pretrained, config_dir = clip_source(args.clip, args.pretrained, args.config_dir)
+        clip = load_clip(model, pretrained, config_dir, context.device, "fp32")
+    except ConfigError as error:
+        raise ValueError(error.message) from error
+    try:
+        run = train_instructcir(
+            clip,
+            data,
+            Path(args.out),
+            settings,
+            images_root=Path(args.images_root) if args.images_root else None,
+            resume=args.resume,
+            context=context,
+            progress=_progress_bar_of_total("instructcir"),
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    finally:
+        stop_distributed(context)
+    if context.is_main:
+        print(f"wrote {run.checkpoint} (set the encoder's instructcir_checkpoint to it)")
+    return 0
+
+
+def _progress_bar_of_total(label: str) -> Callable[[int, int, float], None]:
+    """The `cir` progress bar as a (step, total, loss) callback."""
+    from cir_tools.training.progress import ProgressBar
+
+    return ProgressBar(label)
 
 
 def _train_phi(args: argparse.Namespace) -> int:

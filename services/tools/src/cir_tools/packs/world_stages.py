@@ -23,6 +23,7 @@ CLIP_DIR = "clip"
 MAPPING_DIR = "mapping"
 CAPTIONER_DIR = "captioner"
 LLM_DIR = "llm"
+TRIPLET_LLM_DIR = "triplet-llm"
 TEMPLATES_DIR = "templates"
 LINCIR_FILE = "phi-lincir-world.pt"
 SEARLE_FILE = "phi-searle-world.pt"
@@ -143,6 +144,37 @@ def build_llm(recipe: Any, folder: Path, root: Path, progress: Progress) -> None
 
     train_world_llm(folder / "model", recipe, progress=progress)
     shutil.copytree(WORLD_TEMPLATES_DIR, folder / TEMPLATES_DIR)
+
+
+def triplet_llm_stage(steps: int = 1500) -> Stage:
+    """The world's triplet LLM (InstructCIR's difference prompt), built apart from the pack's stages: only the
+    InstructCIR proof serves it (`cir_tools.world.instructcir_proof`), so the pack and CI do not train it."""
+    import dataclasses
+
+    from cir_tools.training.llm import triplet_llm_config
+
+    recipe = dataclasses.replace(triplet_llm_config(SEED, LLM_CONTEXT), steps=steps)
+    return Stage(
+        TRIPLET_LLM_DIR,
+        functools.partial(build_triplet_llm, recipe),
+        (
+            "cir_tools.training.llm",
+            "cir_tools.packs.tiny_reasoner",
+            "cir_tools.packs.tokenizer",
+            "cir_reasoner.prompts",
+            "cir_tools.world.triplet_templates",
+        ),
+        {"llm": recipe},
+    )
+
+
+def build_triplet_llm(recipe: Any, folder: Path, root: Path, progress: Progress) -> None:
+    import shutil
+
+    from cir_tools.training.llm import TRIPLET_TEMPLATES_DIR, train_world_llm
+
+    train_world_llm(folder / "model", recipe, progress=progress)
+    shutil.copytree(TRIPLET_TEMPLATES_DIR, folder / TEMPLATES_DIR)
 
 
 def _clip_name() -> str:

@@ -18,6 +18,13 @@ Tasks, mixed in every batch:
   "... And the photo should have <F_add>." and falls back to "" when the answer is unusable; an edit that
   adds nothing is a legitimate answer, not a failure, so the model says so in a word that the parser keeps
   (an empty answer would be recorded as a fallback).
+- difference (InstructCIR's triplet job, `cir triplets`), for the world's triplet LLM only
+  (`triplet_llm_config`): caption A and caption B, the reference's and the target's canonical captions (the
+  form the world captioner writes both in, so that the change is where the two differ word for word) -> the
+  modification text. An edit has several phrasings, so this answer is one of them: exact match is bounded
+  below 1. It is a model of its own, as an offline job's LLM would be: mixed into the serving LLM's
+  training, it cost that model's edits about half their exact matches (per_caption 21% -> 11.5%) and was
+  itself right 2.5% of the time.
 
 The recipe, and why (measured on 200 fresh examples per task, see the report of issue 17):
 - An edit answer is mostly a copy of the reference caption, so the model must learn to copy from its
@@ -59,7 +66,13 @@ from cir_reasoner import prompts
 from cir_reasoner.generation import PreparedPrompt, PromptEncoder
 from cir_reasoner.parsing import parse_answer
 from cir_reasoner.settings import PromptFormat
-from cir_reasoner.templates import OBJECTS_ADDED_TEMPLATE, PromptTemplate, TemplateRegistry, TemplateTask
+from cir_reasoner.templates import (
+    DIFFERENCE_TEMPLATE,
+    OBJECTS_ADDED_TEMPLATE,
+    PromptTemplate,
+    TemplateRegistry,
+    TemplateTask,
+)
 from cir_tools.packs.tiny_reasoner import chat_tokenizer, save_causal_lm, template_texts, tiny_llama_config
 from cir_tools.training.progress import Progress
 
@@ -70,6 +83,8 @@ if TYPE_CHECKING:
 
 # The world's prompt templates: the world profile names this folder in the reasoner's template_paths.
 WORLD_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "world" / "templates"
+# The triplet LLM's (InstructCIR's difference prompt), served only for `cir triplets` on the world.
+TRIPLET_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "world" / "triplet_templates"
 # The edit templates the retriever's presets ask for (cir_retriever.presets), all overridden by the world's.
 EDIT_TEMPLATES = ("edit_contextual", "edit_structural", "edit_structural_fashion")
 # The objects-added answer of an edit that adds no object (see the module docstring).
@@ -89,14 +104,18 @@ class Task(StrEnum):
     JOINED = "joined"
     OBJECTS_FIRST = "objects_first"
     OBJECTS_JOINED = "objects_joined"
+    DIFFERENCE = "difference"
 
     @property
     def template_task(self) -> TemplateTask:
+        if self is Task.DIFFERENCE:
+            return TemplateTask.DIFFERENCE
         edit = self in (Task.PER_CAPTION, Task.JOINED)
         return TemplateTask.EDIT if edit else TemplateTask.OBJECTS_ADDED
 
 
-# Share of each task in the training mix; the edits get more: rewriting a caption is the harder task.
+# Share of each task in the serving LLM's training mix; the edits get more: rewriting a caption is the
+# harder task.
 DEFAULT_TASK_MIX: dict[Task, float] = {
     Task.PER_CAPTION: 0.35,
     Task.JOINED: 0.35,
@@ -158,6 +177,8 @@ class LlmTrainingConfig:
     joined_captions: tuple[int, int] = (1, 4)
     # Loss weight of the prompt's tokens (the answer's weigh 1); see the module docstring.
     prompt_loss_weight: float = 0.2
+    # The template folder the prompts (and the tokenizer's corpus) come from; "" = WORLD_TEMPLATES_DIR.
+    templates_dir: str = ""
     # At most 2 (the machine's cores); 1 by default: on the shared 2-core machine a second thread mostly
     # waited (see the module docstring).
     threads: int = 1
@@ -193,6 +214,8 @@ def objects_answer(added: Sequence[str]) -> str:
 
 def expected_answer(example: EditLike, task: Task) -> str:
     """The exact answer a task's prompt should get for `example`."""
+    if task is Task.DIFFERENCE:
+        return example.instruction
     if task.template_task is TemplateTask.EDIT:
         return example.target_caption
     return objects_answer(example.added_objects)
@@ -213,7 +236,12 @@ def build_prompt(
     task: Task, template: PromptTemplate, captions: Sequence[str], instruction: str, encoder: PromptEncoder
 ) -> PreparedPrompt:
     """The prompt the reasoner sends for `task`, built by its own prompt code (one caption for
-    PER_CAPTION and OBJECTS_FIRST)."""
+    PER_CAPTION and OBJECTS_FIRST; for DIFFERENCE, `captions` is the pair (A, B) and `instruction` unused)."""
+    if task is Task.DIFFERENCE:
+        caption_a, caption_b = captions
+        pair = prompts.CaptionPair(caption_a, caption_b)
+        (item,) = prompts.caption_pairs(template, [pair], encoder.prepare, _NO_BUDGET).items
+        return item.prompt
     build: prompts.Build = {
         Task.PER_CAPTION: prompts.per_caption,
         Task.JOINED: prompts.joined,
@@ -227,12 +255,16 @@ def build_prompt(
 
 def choose_captions(
     task: Task,
-    references: Sequence[str],
+    example: EditLike,
     rng: random.Random,
     joined_span: tuple[int, int] = (1, MAX_JOINED_CAPTIONS),
 ) -> list[str]:
     """The captions a request carries: one paraphrase, or a count in `joined_span` drawn with repeats
-    (sampled captions of one image repeat themselves)."""
+    (sampled captions of one image repeat themselves); for DIFFERENCE, the reference's and the target's
+    canonical captions."""
+    references = example.reference_captions
+    if task is Task.DIFFERENCE:
+        return [references[0], example.target_caption]  # the canonical captions (paraphrases() puts it first)
     if task in (Task.PER_CAPTION, Task.OBJECTS_FIRST):
         return [rng.choice(references)]
     count = rng.randint(*joined_span)
@@ -254,12 +286,15 @@ def make_samples(
     samples = []
     for example in examples:
         task = rng.choices(tasks, weights)[0]
-        if task.template_task is TemplateTask.EDIT:
+        if task is Task.DIFFERENCE:
+            template = templates.get(DIFFERENCE_TEMPLATE, TemplateTask.DIFFERENCE)
+        elif task.template_task is TemplateTask.EDIT:
             template = templates.get(rng.choice(EDIT_TEMPLATES), TemplateTask.EDIT)
         else:
             template = templates.get(OBJECTS_ADDED_TEMPLATE, TemplateTask.OBJECTS_ADDED)
-        captions = choose_captions(task, example.reference_captions, rng, joined_span)
-        prompt = build_prompt(task, template, captions, example.instruction, encoder)
+        captions = choose_captions(task, example, rng, joined_span)
+        instruction = "" if task is Task.DIFFERENCE else example.instruction
+        prompt = build_prompt(task, template, captions, instruction, encoder)
         assert prompt.token_ids is not None
         answer = expected_answer(example, task)
         answer_ids = (*tokenizer(answer, add_special_tokens=False).input_ids, tokenizer.eos_token_id)
@@ -272,7 +307,7 @@ def make_samples(
                 answer,
                 example.kind,
                 tuple(captions),
-                example.instruction,
+                instruction,
             )
         )
     return samples
@@ -281,8 +316,23 @@ def make_samples(
 def world_tokenizer(texts: Iterable[str], config: LlmTrainingConfig) -> PreTrainedTokenizerFast:
     """The world LLM's tokenizer: BPE on world text and the world templates (small vocabulary, so world
     words are one token each and prompts stay short), with the tiny pack's role tokens and chat template."""
-    corpus = [*template_texts(WORLD_TEMPLATES_DIR) * 5, *texts]
+    corpus = [*template_texts(templates_dir(config)) * 5, *texts]
     return chat_tokenizer(corpus, config.vocab_size, config.context)
+
+
+def templates_dir(config: LlmTrainingConfig) -> Path:
+    return Path(config.templates_dir) if config.templates_dir else WORLD_TEMPLATES_DIR
+
+
+def triplet_llm_config(seed: int, context: int) -> LlmTrainingConfig:
+    """The world's triplet LLM: the difference task alone, on the triplet templates (see the module
+    docstring for why it is not part of the serving LLM)."""
+    return LlmTrainingConfig(
+        seed=seed,
+        context=context,
+        task_mix={Task.DIFFERENCE: 1.0},
+        templates_dir=str(TRIPLET_TEMPLATES_DIR),
+    )
 
 
 def new_model(tokenizer: PreTrainedTokenizerFast, config: LlmTrainingConfig) -> LlamaForCausalLM:
@@ -443,7 +493,12 @@ def train_world_llm(
     tokenizer = world_tokenizer([*texts, *example_texts(examples)], config)
     pretraining = world_text_samples(examples[:pretrain_count], tokenizer, rng, config.pretrain_captions)
     samples = make_samples(
-        examples[pretrain_count:], tokenizer, world_templates(), rng, config.task_mix, config.joined_captions
+        examples[pretrain_count:],
+        tokenizer,
+        world_templates(templates_dir(config)),
+        rng,
+        config.task_mix,
+        config.joined_captions,
     )
     batches = [
         *length_grouped_batches(pretraining, config.batch_size, config.group_batches, rng),
@@ -521,7 +576,9 @@ def score(
     hits: list[tuple[TrainingSample, bool]] = []
     for raw, sample in zip(raw_answers, samples, strict=True):
         template = templates.get(sample.template, sample.task.template_task)
-        parsed = parse_answer(raw, "", labels=[template.answer_label])
+        # A difference answer is kept in plain words, as DescribeDifferences parses it.
+        plain = sample.task is Task.DIFFERENCE
+        parsed = parse_answer(raw, "", labels=[template.answer_label], plain=plain)
         hits.append((sample, parsed.text == sample.answer))
 
     def share(selected: list[bool]) -> float:
@@ -541,7 +598,7 @@ def evaluation_samples(
     templates: TemplateRegistry,
     seed: int,
     joined_span: tuple[int, int] = (1, MAX_JOINED_CAPTIONS),
-    tasks: Sequence[Task] = tuple(Task),
+    tasks: Sequence[Task] = tuple(DEFAULT_TASK_MIX),
 ) -> list[TrainingSample]:
     """Every example under each of `tasks` (prompts built as in training)."""
     examples = list(examples)
@@ -559,7 +616,7 @@ def evaluate_transformers(
     seed: int = 1,
     templates: TemplateRegistry | None = None,
     joined_span: tuple[int, int] = (1, MAX_JOINED_CAPTIONS),
-    tasks: Sequence[Task] = tuple(Task),
+    tasks: Sequence[Task] = tuple(DEFAULT_TASK_MIX),
 ) -> Scored:
     """Exact-match accuracy of greedy transformers answers on `examples` under each of `tasks`."""
     templates = templates or world_templates()
@@ -572,10 +629,21 @@ async def reasoner_answers(reasoner: Reasoner, samples: Sequence[TrainingSample]
     """Each sample's request sent to a loaded reasoner core (greedy, defaults otherwise, no cache), one at a
     time: the answers the service would give, parsed by its parser."""
     from cir_common.vocabulary import CaptionSelection, EditMode
-    from cir_reasoner.core import Query, SamplingRequest
+    from cir_reasoner.core import DifferenceQuery, Query, SamplingRequest
 
     answers = []
     for sample in samples:
+        if sample.task is Task.DIFFERENCE:
+            difference = DifferenceQuery(
+                pairs=reasoner.check_pairs([(sample.captions[0], sample.captions[1])]),
+                template=sample.template,
+                sampling=SamplingRequest(),
+                bypass_cache=True,
+                time_remaining_s=None,
+            )
+            (answer,) = (await reasoner.describe_differences(difference)).answers
+            answers.append(answer)
+            continue
         query = Query(
             inputs=reasoner.check_inputs(sample.captions, sample.instruction),
             template=sample.template,

@@ -59,6 +59,15 @@ QUALITY_ROWS: tuple[QualityRow, ...] = (
     QualityRow("cvsi_released", StrategyName.CVSI, _RELEASED_CVSI),
     QualityRow("cvsi_paper", StrategyName.CVSI, _PAPER_CVSI),
 )
+# Served only by an encoder that loads an InstructCIR checkpoint (bench/instructcir_bench.py trains one).
+INSTRUCTCIR_ROWS: tuple[QualityRow, ...] = (
+    QualityRow("instructcir", StrategyName.INSTRUCTCIR),
+    QualityRow(
+        "instructcir_fused",
+        StrategyName.INSTRUCTCIR,
+        retriever_pb2.StrategyOptions(instructcir_variant=retriever_pb2.INSTRUCT_CIR_VARIANT_FUSED),
+    ),
+)
 BASELINES = ("image_only", "text_only")
 # The rows that compose image and text (every row but the two baselines).
 COMPOSED = tuple(row.label for row in QUALITY_ROWS if row.label not in BASELINES)
@@ -80,8 +89,12 @@ def evaluate_row(
     split: Split = Split.VAL,
     max_queries: int | None = None,
     echo: Echo | None = None,
+    collection_prefix: str = "world",
 ) -> dict[str, float]:
-    """One row's metrics (percent, as the official protocols report them), keyed as `metric_key` says."""
+    """One row's metrics (percent, as the official protocols report them), keyed as `metric_key` says.
+
+    Rows with one `collection_prefix` share the ingested gallery; an InstructCIR checkpoint needs its own
+    (a collection keeps the targets of the checkpoint served when it was made)."""
     config = EvalConfig(
         dataset=dataset,
         root=root,
@@ -90,7 +103,7 @@ def evaluate_row(
         strategy=row.strategy,
         options=row.options,
         address=address,
-        collection_prefix="world",
+        collection_prefix=collection_prefix,
         max_queries=max_queries,
     )
     summary = evaluate(config, echo or (lambda _line: None))
@@ -108,10 +121,12 @@ def quality_table(
     split: Split = Split.VAL,
     max_queries: int | None = None,
     echo: Echo | None = None,
+    collection_prefix: str = "world",
 ) -> dict[str, dict[str, float]]:
     """{row label: {metric: value}} for `rows`, in their order."""
     return {
-        row.label: evaluate_row(row, address, root, out, dataset, split, max_queries, echo) for row in rows
+        row.label: evaluate_row(row, address, root, out, dataset, split, max_queries, echo, collection_prefix)
+        for row in rows
     }
 
 

@@ -125,6 +125,84 @@ class EmbedComposedPromptsResponse(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
     def __init__(self, embeddings: _Optional[_Iterable[_Union[TextEmbedding, _Mapping]]] = ..., pseudo_tokens: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., mapping_network: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., normalized: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
 
+class InstructCirQuery(_message.Message):
+    __slots__ = ("reference_image", "text")
+    REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    reference_image: _common_pb2.Image
+    text: str
+    def __init__(self, reference_image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class EmbedInstructCirQueriesRequest(_message.Message):
+    __slots__ = ("queries", "fused", "preprocessing", "normalize", "vector_format")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    FUSED_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[InstructCirQuery]
+    fused: bool
+    preprocessing: Preprocessing
+    normalize: bool
+    vector_format: _common_pb2.VectorFormat
+    def __init__(self, queries: _Optional[_Iterable[_Union[InstructCirQuery, _Mapping]]] = ..., fused: _Optional[bool] = ..., preprocessing: _Optional[_Union[Preprocessing, str]] = ..., normalize: _Optional[bool] = ..., vector_format: _Optional[_Union[_common_pb2.VectorFormat, str]] = ...) -> None: ...
+
+class EmbedInstructCirQueriesResponse(_message.Message):
+    __slots__ = ("embeddings", "model", "normalized", "fused", "truncated", "timings")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_FIELD_NUMBER: _ClassVar[int]
+    FUSED_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    model: _common_pb2.ModelIdentity
+    normalized: bool
+    fused: bool
+    truncated: _containers.RepeatedScalarFieldContainer[bool]
+    timings: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., normalized: _Optional[bool] = ..., fused: _Optional[bool] = ..., truncated: _Optional[_Iterable[bool]] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
+
+class EmbedInstructCirTargetsRequest(_message.Message):
+    __slots__ = ("images", "preprocessing", "normalize", "vector_format", "bypass_cache")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
+    preprocessing: Preprocessing
+    normalize: bool
+    vector_format: _common_pb2.VectorFormat
+    bypass_cache: bool
+    def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., preprocessing: _Optional[_Union[Preprocessing, str]] = ..., normalize: _Optional[bool] = ..., vector_format: _Optional[_Union[_common_pb2.VectorFormat, str]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+
+class EmbedInstructCirTargetsResponse(_message.Message):
+    __slots__ = ("embeddings", "model", "normalized", "cache_hits", "timings")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    model: _common_pb2.ModelIdentity
+    normalized: bool
+    cache_hits: _containers.RepeatedScalarFieldContainer[bool]
+    timings: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., normalized: _Optional[bool] = ..., cache_hits: _Optional[_Iterable[bool]] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
+
+class InstructCirInfo(_message.Message):
+    __slots__ = ("model", "embedding_dim", "has_fusion", "fusion_weight")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    HAS_FUSION_FIELD_NUMBER: _ClassVar[int]
+    FUSION_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelIdentity
+    embedding_dim: int
+    has_fusion: bool
+    fusion_weight: float
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., has_fusion: _Optional[bool] = ..., fusion_weight: _Optional[float] = ...) -> None: ...
+
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -144,7 +222,7 @@ class MappingNetworkInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., input_dim: _Optional[int] = ..., output_dim: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "embedding_dim", "text_width", "context_length", "placeholder_token_id", "default_preprocessing", "target_pad_ratio", "image_size", "mapping_networks", "device", "dtype", "max_batch_items", "normalized_by_default")
+    __slots__ = ("model", "embedding_dim", "text_width", "context_length", "placeholder_token_id", "default_preprocessing", "target_pad_ratio", "image_size", "mapping_networks", "device", "dtype", "max_batch_items", "normalized_by_default", "instructcir")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     TEXT_WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +236,7 @@ class GetModelInfoResponse(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZED_BY_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTCIR_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelIdentity
     embedding_dim: int
     text_width: int
@@ -171,4 +250,5 @@ class GetModelInfoResponse(_message.Message):
     dtype: str
     max_batch_items: int
     normalized_by_default: bool
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., text_width: _Optional[int] = ..., context_length: _Optional[int] = ..., placeholder_token_id: _Optional[int] = ..., default_preprocessing: _Optional[_Union[Preprocessing, str]] = ..., target_pad_ratio: _Optional[float] = ..., image_size: _Optional[int] = ..., mapping_networks: _Optional[_Iterable[_Union[MappingNetworkInfo, _Mapping]]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_batch_items: _Optional[int] = ..., normalized_by_default: _Optional[bool] = ...) -> None: ...
+    instructcir: InstructCirInfo
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., embedding_dim: _Optional[int] = ..., text_width: _Optional[int] = ..., context_length: _Optional[int] = ..., placeholder_token_id: _Optional[int] = ..., default_preprocessing: _Optional[_Union[Preprocessing, str]] = ..., target_pad_ratio: _Optional[float] = ..., image_size: _Optional[int] = ..., mapping_networks: _Optional[_Iterable[_Union[MappingNetworkInfo, _Mapping]]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_batch_items: _Optional[int] = ..., normalized_by_default: _Optional[bool] = ..., instructcir: _Optional[_Union[InstructCirInfo, _Mapping]] = ...) -> None: ...

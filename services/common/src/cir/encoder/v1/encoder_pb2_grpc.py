@@ -51,6 +51,16 @@ class EncoderServiceStub:
                 request_serializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedComposedPromptsRequest.SerializeToString,
                 response_deserializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedComposedPromptsResponse.FromString,
                 _registered_method=True)
+        self.EmbedInstructCirQueries = channel.unary_unary(
+                '/cir.encoder.v1.EncoderService/EmbedInstructCirQueries',
+                request_serializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirQueriesRequest.SerializeToString,
+                response_deserializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirQueriesResponse.FromString,
+                _registered_method=True)
+        self.EmbedInstructCirTargets = channel.unary_unary(
+                '/cir.encoder.v1.EncoderService/EmbedInstructCirTargets',
+                request_serializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirTargetsRequest.SerializeToString,
+                response_deserializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirTargetsResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/cir.encoder.v1.EncoderService/GetModelInfo',
                 request_serializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.GetModelInfoRequest.SerializeToString,
@@ -84,6 +94,21 @@ class EncoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedInstructCirQueries(self, request, context):
+        """InstructCIR (method.md 4.2): query embeddings of (reference image, instruction) pairs. FAILED_PRECONDITION
+        when the server loads no InstructCIR checkpoint (GetModelInfo.instructcir unset).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedInstructCirTargets(self, request, context):
+        """InstructCIR target embeddings: gallery images through the target (EMA) encoder with the null-text token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Reports the loaded models and their properties.
         """
@@ -108,6 +133,16 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     servicer.EmbedComposedPrompts,
                     request_deserializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedComposedPromptsRequest.FromString,
                     response_serializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedComposedPromptsResponse.SerializeToString,
+            ),
+            'EmbedInstructCirQueries': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedInstructCirQueries,
+                    request_deserializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirQueriesRequest.FromString,
+                    response_serializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirQueriesResponse.SerializeToString,
+            ),
+            'EmbedInstructCirTargets': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedInstructCirTargets,
+                    request_deserializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirTargetsRequest.FromString,
+                    response_serializer=cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirTargetsResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -198,6 +233,60 @@ class EncoderService:
             '/cir.encoder.v1.EncoderService/EmbedComposedPrompts',
             cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedComposedPromptsRequest.SerializeToString,
             cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedComposedPromptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedInstructCirQueries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cir.encoder.v1.EncoderService/EmbedInstructCirQueries',
+            cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirQueriesRequest.SerializeToString,
+            cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirQueriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedInstructCirTargets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cir.encoder.v1.EncoderService/EmbedInstructCirTargets',
+            cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirTargetsRequest.SerializeToString,
+            cir_dot_encoder_dot_v1_dot_encoder__pb2.EmbedInstructCirTargetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,7 @@ class TemplateTask(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TEMPLATE_TASK_UNSPECIFIED: _ClassVar[TemplateTask]
     TEMPLATE_TASK_EDIT: _ClassVar[TemplateTask]
     TEMPLATE_TASK_OBJECTS_ADDED: _ClassVar[TemplateTask]
+    TEMPLATE_TASK_DIFFERENCE: _ClassVar[TemplateTask]
 PARSE_OUTCOME_UNSPECIFIED: ParseOutcome
 PARSE_OUTCOME_PARSED: ParseOutcome
 PARSE_OUTCOME_FALLBACK_EMPTY: ParseOutcome
@@ -27,6 +28,7 @@ PARSE_OUTCOME_FALLBACK_ERROR: ParseOutcome
 TEMPLATE_TASK_UNSPECIFIED: TemplateTask
 TEMPLATE_TASK_EDIT: TemplateTask
 TEMPLATE_TASK_OBJECTS_ADDED: TemplateTask
+TEMPLATE_TASK_DIFFERENCE: TemplateTask
 
 class SamplingParameters(_message.Message):
     __slots__ = ("temperature", "max_tokens", "stop", "top_p", "seed")
@@ -130,6 +132,40 @@ class InferAddedObjectsResponse(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
     def __init__(self, objects: _Optional[_Union[ReasonedText, _Mapping]] = ..., caption_selection: _Optional[_Union[_common_pb2.CaptionSelection, str]] = ..., template: _Optional[str] = ..., template_version: _Optional[str] = ..., captions_used: _Optional[int] = ..., captions_truncated: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
 
+class CaptionPair(_message.Message):
+    __slots__ = ("caption_a", "caption_b")
+    CAPTION_A_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_B_FIELD_NUMBER: _ClassVar[int]
+    caption_a: str
+    caption_b: str
+    def __init__(self, caption_a: _Optional[str] = ..., caption_b: _Optional[str] = ...) -> None: ...
+
+class DescribeDifferencesRequest(_message.Message):
+    __slots__ = ("pairs", "template", "sampling", "bypass_cache")
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    pairs: _containers.RepeatedCompositeFieldContainer[CaptionPair]
+    template: str
+    sampling: SamplingParameters
+    bypass_cache: bool
+    def __init__(self, pairs: _Optional[_Iterable[_Union[CaptionPair, _Mapping]]] = ..., template: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParameters, _Mapping]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+
+class DescribeDifferencesResponse(_message.Message):
+    __slots__ = ("differences", "template", "template_version", "model", "timings")
+    DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    differences: _containers.RepeatedCompositeFieldContainer[ReasonedText]
+    template: str
+    template_version: str
+    model: _common_pb2.ModelIdentity
+    timings: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
+    def __init__(self, differences: _Optional[_Iterable[_Union[ReasonedText, _Mapping]]] = ..., template: _Optional[str] = ..., template_version: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ...) -> None: ...
+
 class ListTemplatesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -159,7 +195,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "backend", "default_sampling", "chat_template", "max_captions_per_request", "max_prompt_tokens", "max_output_tokens", "default_edit_template", "generations_in_flight", "generations_aborted")
+    __slots__ = ("model", "backend", "default_sampling", "chat_template", "max_captions_per_request", "max_prompt_tokens", "max_output_tokens", "default_edit_template", "generations_in_flight", "generations_aborted", "default_difference_template", "max_pairs_per_request")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +206,8 @@ class GetModelInfoResponse(_message.Message):
     DEFAULT_EDIT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_ABORTED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_DIFFERENCE_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAIRS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelIdentity
     backend: str
     default_sampling: SamplingParameters
@@ -180,4 +218,6 @@ class GetModelInfoResponse(_message.Message):
     default_edit_template: str
     generations_in_flight: int
     generations_aborted: int
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., backend: _Optional[str] = ..., default_sampling: _Optional[_Union[SamplingParameters, _Mapping]] = ..., chat_template: _Optional[bool] = ..., max_captions_per_request: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., default_edit_template: _Optional[str] = ..., generations_in_flight: _Optional[int] = ..., generations_aborted: _Optional[int] = ...) -> None: ...
+    default_difference_template: str
+    max_pairs_per_request: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., backend: _Optional[str] = ..., default_sampling: _Optional[_Union[SamplingParameters, _Mapping]] = ..., chat_template: _Optional[bool] = ..., max_captions_per_request: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., default_edit_template: _Optional[str] = ..., generations_in_flight: _Optional[int] = ..., generations_aborted: _Optional[int] = ..., default_difference_template: _Optional[str] = ..., max_pairs_per_request: _Optional[int] = ...) -> None: ...

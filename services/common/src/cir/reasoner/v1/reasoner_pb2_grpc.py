@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ReasonerServiceStub:
-    """The two LLM tasks of CVSI and its relatives (method.md 3.1, 3.5, 3.6).
+    """The LLM tasks of CVSI and its relatives (method.md 3.1, 3.5, 3.6), and InstructCIR's triplet text
+    (method.md 4.2).
     """
 
     def __init__(self, channel):
@@ -45,6 +46,11 @@ class ReasonerServiceStub:
                 request_serializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.InferAddedObjectsRequest.SerializeToString,
                 response_deserializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.InferAddedObjectsResponse.FromString,
                 _registered_method=True)
+        self.DescribeDifferences = channel.unary_unary(
+                '/cir.reasoner.v1.ReasonerService/DescribeDifferences',
+                request_serializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.DescribeDifferencesRequest.SerializeToString,
+                response_deserializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.DescribeDifferencesResponse.FromString,
+                _registered_method=True)
         self.ListTemplates = channel.unary_unary(
                 '/cir.reasoner.v1.ReasonerService/ListTemplates',
                 request_serializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.ListTemplatesRequest.SerializeToString,
@@ -58,7 +64,8 @@ class ReasonerServiceStub:
 
 
 class ReasonerServiceServicer:
-    """The two LLM tasks of CVSI and its relatives (method.md 3.1, 3.5, 3.6).
+    """The LLM tasks of CVSI and its relatives (method.md 3.1, 3.5, 3.6), and InstructCIR's triplet text
+    (method.md 4.2).
     """
 
     def EditCaptions(self, request, context):
@@ -70,6 +77,13 @@ class ReasonerServiceServicer:
 
     def InferAddedObjects(self, request, context):
         """The objects most likely added by the instruction (CVSI prompt p_a).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeDifferences(self, request, context):
+        """The reformulation text from image A to image B, one per pair of captions (InstructCIR triplets).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +116,11 @@ def add_ReasonerServiceServicer_to_server(servicer, server):
                     request_deserializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.InferAddedObjectsRequest.FromString,
                     response_serializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.InferAddedObjectsResponse.SerializeToString,
             ),
+            'DescribeDifferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeDifferences,
+                    request_deserializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.DescribeDifferencesRequest.FromString,
+                    response_serializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.DescribeDifferencesResponse.SerializeToString,
+            ),
             'ListTemplates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTemplates,
                     request_deserializer=cir_dot_reasoner_dot_v1_dot_reasoner__pb2.ListTemplatesRequest.FromString,
@@ -121,7 +140,8 @@ def add_ReasonerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ReasonerService:
-    """The two LLM tasks of CVSI and its relatives (method.md 3.1, 3.5, 3.6).
+    """The LLM tasks of CVSI and its relatives (method.md 3.1, 3.5, 3.6), and InstructCIR's triplet text
+    (method.md 4.2).
     """
 
     @staticmethod
@@ -168,6 +188,33 @@ class ReasonerService:
             '/cir.reasoner.v1.ReasonerService/InferAddedObjects',
             cir_dot_reasoner_dot_v1_dot_reasoner__pb2.InferAddedObjectsRequest.SerializeToString,
             cir_dot_reasoner_dot_v1_dot_reasoner__pb2.InferAddedObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeDifferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cir.reasoner.v1.ReasonerService/DescribeDifferences',
+            cir_dot_reasoner_dot_v1_dot_reasoner__pb2.DescribeDifferencesRequest.SerializeToString,
+            cir_dot_reasoner_dot_v1_dot_reasoner__pb2.DescribeDifferencesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,7 @@ class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STRATEGY_LDRE: _ClassVar[Strategy]
     STRATEGY_WEIMOCIR: _ClassVar[Strategy]
     STRATEGY_CVSI: _ClassVar[Strategy]
+    STRATEGY_INSTRUCTCIR: _ClassVar[Strategy]
 
 class Preset(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -40,6 +41,12 @@ class WeiMoCirVariant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WEI_MO_CIR_VARIANT_UNSPECIFIED: _ClassVar[WeiMoCirVariant]
     WEI_MO_CIR_VARIANT_CODED: _ClassVar[WeiMoCirVariant]
     WEI_MO_CIR_VARIANT_PAPER: _ClassVar[WeiMoCirVariant]
+
+class InstructCirVariant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INSTRUCT_CIR_VARIANT_UNSPECIFIED: _ClassVar[InstructCirVariant]
+    INSTRUCT_CIR_VARIANT_PLAIN: _ClassVar[InstructCirVariant]
+    INSTRUCT_CIR_VARIANT_FUSED: _ClassVar[InstructCirVariant]
 
 class FieldType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -67,6 +74,7 @@ STRATEGY_CIREVL: Strategy
 STRATEGY_LDRE: Strategy
 STRATEGY_WEIMOCIR: Strategy
 STRATEGY_CVSI: Strategy
+STRATEGY_INSTRUCTCIR: Strategy
 PRESET_UNSPECIFIED: Preset
 PRESET_CIRCO: Preset
 PRESET_CIRR: Preset
@@ -77,6 +85,9 @@ SCORE_FUNCTION_COSINE: ScoreFunction
 WEI_MO_CIR_VARIANT_UNSPECIFIED: WeiMoCirVariant
 WEI_MO_CIR_VARIANT_CODED: WeiMoCirVariant
 WEI_MO_CIR_VARIANT_PAPER: WeiMoCirVariant
+INSTRUCT_CIR_VARIANT_UNSPECIFIED: InstructCirVariant
+INSTRUCT_CIR_VARIANT_PLAIN: InstructCirVariant
+INSTRUCT_CIR_VARIANT_FUSED: InstructCirVariant
 FIELD_TYPE_UNSPECIFIED: FieldType
 FIELD_TYPE_STRING: FieldType
 FIELD_TYPE_INT: FieldType
@@ -103,18 +114,20 @@ class Weights(_message.Message):
     def __init__(self, alpha: _Optional[float] = ..., beta: _Optional[float] = ..., gamma: _Optional[float] = ..., weimocir_a: _Optional[float] = ..., weimocir_b: _Optional[float] = ...) -> None: ...
 
 class StrategyOptions(_message.Message):
-    __slots__ = ("edit_mode", "objects_caption_selection", "score_function", "weimocir_variant", "edit_template")
+    __slots__ = ("edit_mode", "objects_caption_selection", "score_function", "weimocir_variant", "edit_template", "instructcir_variant")
     EDIT_MODE_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_CAPTION_SELECTION_FIELD_NUMBER: _ClassVar[int]
     SCORE_FUNCTION_FIELD_NUMBER: _ClassVar[int]
     WEIMOCIR_VARIANT_FIELD_NUMBER: _ClassVar[int]
     EDIT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTCIR_VARIANT_FIELD_NUMBER: _ClassVar[int]
     edit_mode: _common_pb2.EditMode
     objects_caption_selection: _common_pb2.CaptionSelection
     score_function: ScoreFunction
     weimocir_variant: WeiMoCirVariant
     edit_template: str
-    def __init__(self, edit_mode: _Optional[_Union[_common_pb2.EditMode, str]] = ..., objects_caption_selection: _Optional[_Union[_common_pb2.CaptionSelection, str]] = ..., score_function: _Optional[_Union[ScoreFunction, str]] = ..., weimocir_variant: _Optional[_Union[WeiMoCirVariant, str]] = ..., edit_template: _Optional[str] = ...) -> None: ...
+    instructcir_variant: InstructCirVariant
+    def __init__(self, edit_mode: _Optional[_Union[_common_pb2.EditMode, str]] = ..., objects_caption_selection: _Optional[_Union[_common_pb2.CaptionSelection, str]] = ..., score_function: _Optional[_Union[ScoreFunction, str]] = ..., weimocir_variant: _Optional[_Union[WeiMoCirVariant, str]] = ..., edit_template: _Optional[str] = ..., instructcir_variant: _Optional[_Union[InstructCirVariant, str]] = ...) -> None: ...
 
 class GalleryImage(_message.Message):
     __slots__ = ("id", "image", "uri", "metadata")
@@ -202,12 +215,14 @@ class SearchFilter(_message.Message):
     def __init__(self, conditions: _Optional[_Iterable[_Union[FilterCondition, _Mapping]]] = ...) -> None: ...
 
 class ModelsUsed(_message.Message):
-    __slots__ = ("encoder", "captioner")
+    __slots__ = ("encoder", "captioner", "instructcir")
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     CAPTIONER_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTCIR_FIELD_NUMBER: _ClassVar[int]
     encoder: _common_pb2.ModelIdentity
     captioner: _common_pb2.ModelIdentity
-    def __init__(self, encoder: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., captioner: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ...) -> None: ...
+    instructcir: _common_pb2.ModelIdentity
+    def __init__(self, encoder: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., captioner: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., instructcir: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("collection", "settings")
@@ -355,7 +370,7 @@ class Degradation(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., reason: _Optional[str] = ..., effect: _Optional[str] = ...) -> None: ...
 
 class ResolvedStrategy(_message.Message):
-    __slots__ = ("strategy", "preset", "alpha", "beta", "gamma", "weimocir_a", "weimocir_b", "edit_mode", "objects_caption_selection", "score_function", "weimocir_variant", "edit_template", "caption_features_renormalized")
+    __slots__ = ("strategy", "preset", "alpha", "beta", "gamma", "weimocir_a", "weimocir_b", "edit_mode", "objects_caption_selection", "score_function", "weimocir_variant", "edit_template", "caption_features_renormalized", "instructcir_variant")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +384,7 @@ class ResolvedStrategy(_message.Message):
     WEIMOCIR_VARIANT_FIELD_NUMBER: _ClassVar[int]
     EDIT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     CAPTION_FEATURES_RENORMALIZED_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTCIR_VARIANT_FIELD_NUMBER: _ClassVar[int]
     strategy: Strategy
     preset: Preset
     alpha: float
@@ -382,7 +398,8 @@ class ResolvedStrategy(_message.Message):
     weimocir_variant: WeiMoCirVariant
     edit_template: str
     caption_features_renormalized: bool
-    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., preset: _Optional[_Union[Preset, str]] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., gamma: _Optional[float] = ..., weimocir_a: _Optional[float] = ..., weimocir_b: _Optional[float] = ..., edit_mode: _Optional[_Union[_common_pb2.EditMode, str]] = ..., objects_caption_selection: _Optional[_Union[_common_pb2.CaptionSelection, str]] = ..., score_function: _Optional[_Union[ScoreFunction, str]] = ..., weimocir_variant: _Optional[_Union[WeiMoCirVariant, str]] = ..., edit_template: _Optional[str] = ..., caption_features_renormalized: _Optional[bool] = ...) -> None: ...
+    instructcir_variant: InstructCirVariant
+    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., preset: _Optional[_Union[Preset, str]] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., gamma: _Optional[float] = ..., weimocir_a: _Optional[float] = ..., weimocir_b: _Optional[float] = ..., edit_mode: _Optional[_Union[_common_pb2.EditMode, str]] = ..., objects_caption_selection: _Optional[_Union[_common_pb2.CaptionSelection, str]] = ..., score_function: _Optional[_Union[ScoreFunction, str]] = ..., weimocir_variant: _Optional[_Union[WeiMoCirVariant, str]] = ..., edit_template: _Optional[str] = ..., caption_features_renormalized: _Optional[bool] = ..., instructcir_variant: _Optional[_Union[InstructCirVariant, str]] = ...) -> None: ...
 
 class Explanation(_message.Message):
     __slots__ = ("captions", "edited_captions", "added_objects", "fine_grained_prompt", "edit_outcomes", "objects_outcome", "details")
@@ -428,7 +445,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., resolved: _Optional[_Union[ResolvedStrategy, _Mapping]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ..., collection_size: _Optional[int] = ..., features: _Optional[_Union[QueryFeatures, _Mapping]] = ...) -> None: ...
 
 class QueryFeatures(_message.Message):
-    __slots__ = ("reference_image", "modification_text", "captioning_text", "pseudo_token_prompt", "edited_captions", "reference_caption_slots", "reference_captions")
+    __slots__ = ("reference_image", "modification_text", "captioning_text", "pseudo_token_prompt", "edited_captions", "reference_caption_slots", "reference_captions", "instructcir_query")
     REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODIFICATION_TEXT_FIELD_NUMBER: _ClassVar[int]
     CAPTIONING_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -436,6 +453,7 @@ class QueryFeatures(_message.Message):
     EDITED_CAPTIONS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_CAPTION_SLOTS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_CAPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTCIR_QUERY_FIELD_NUMBER: _ClassVar[int]
     reference_image: _common_pb2.Vector
     modification_text: _common_pb2.Vector
     captioning_text: _common_pb2.Vector
@@ -443,7 +461,8 @@ class QueryFeatures(_message.Message):
     edited_captions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     reference_caption_slots: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     reference_captions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
-    def __init__(self, reference_image: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., modification_text: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., captioning_text: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., pseudo_token_prompt: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., edited_captions: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., reference_caption_slots: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., reference_captions: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ...) -> None: ...
+    instructcir_query: _common_pb2.Vector
+    def __init__(self, reference_image: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., modification_text: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., captioning_text: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., pseudo_token_prompt: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., edited_captions: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., reference_caption_slots: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., reference_captions: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., instructcir_query: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ...) -> None: ...
 
 class GetCollectionInfoRequest(_message.Message):
     __slots__ = ("collection",)
@@ -520,7 +539,7 @@ class ExportGalleryFeaturesRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
 
 class GalleryImageFeatures(_message.Message):
-    __slots__ = ("id", "uri", "image", "caption_mean", "caption_slots", "image_raw", "captions", "content_sha256", "metadata")
+    __slots__ = ("id", "uri", "image", "caption_mean", "caption_slots", "image_raw", "captions", "content_sha256", "metadata", "instructcir_target")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -537,6 +556,7 @@ class GalleryImageFeatures(_message.Message):
     CAPTIONS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTCIR_TARGET_FIELD_NUMBER: _ClassVar[int]
     id: str
     uri: str
     image: _common_pb2.Vector
@@ -546,7 +566,8 @@ class GalleryImageFeatures(_message.Message):
     captions: _containers.RepeatedScalarFieldContainer[str]
     content_sha256: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_mean: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_slots: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., image_raw: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., captions: _Optional[_Iterable[str]] = ..., content_sha256: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    instructcir_target: _common_pb2.Vector
+    def __init__(self, id: _Optional[str] = ..., uri: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_mean: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., caption_slots: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., image_raw: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ..., captions: _Optional[_Iterable[str]] = ..., content_sha256: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., instructcir_target: _Optional[_Union[_common_pb2.Vector, _Mapping]] = ...) -> None: ...
 
 class ExportGalleryFeaturesResponse(_message.Message):
     __slots__ = ("images", "total")
