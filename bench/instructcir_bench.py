@@ -13,10 +13,11 @@ Keys (issue 18):
 - `quality{strategy: {metric: value}}`: percent on the CIRR-layout val split: instructcir, instructcir_fused,
   image_only, text_only, lincir, cvsi; `recall_at_1`, `recall_at_10` (and the other recalls measured).
 - `scaling[]`: {`triplets`, `recall_at_1`, `recall_at_10`} per training run (triplets = lines of its file).
-- `train_s`: seconds of the largest run's training (both stages); `train_s_by_triplets{}` for all.
+- `train_s`: seconds of the largest plain run's training; `train_s_by_triplets{}` for every run (`fused`: the
+  largest with the Eq. 3 stage, which the `instructcir_fused` rows serve).
 Also: `quality_fashioniq{}`, `triplets_s`, `triplet_outcomes{}`, `triplet_examples[]`, `catalog_images`,
-`training_metrics[]` (per epoch: train and held-out loss, held-out recalls), the SVG of the curve
-(`scaling_svg`, a path), and `quality_answer_key{}`: the same training on the catalog's answer key (the
+`training_metrics[]` (the fused run's, per epoch: train and held-out loss, held-out recalls), the SVG of the
+curve (`scaling_svg`, a path), and `quality_answer_key{}`: the same training on the catalog's answer key (the
 generator's own texts for base -> variant pairs), a diagnostic of what the triplets' texts cost.
 
 The triplets' texts come from the world's triplet LLM (`cir_tools.packs.world_stages.triplet_llm_stage`),
@@ -44,7 +45,7 @@ from cir_tools.world.quality import INSTRUCTCIR_ROWS, QUALITY_ROWS, markdown_tab
 
 BASELINE_ROWS = tuple(r for r in QUALITY_ROWS if r.label in ("image_only", "text_only", "lincir", "cvsi"))
 METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "recall_subset_at_1")
-FASHIONIQ_METRICS = ("recall_at_10_average", "recall_at_50_average")
+FASHIONIQ_METRICS = ("average_r_at_10", "average_r_at_50")
 
 
 def main() -> None:
@@ -124,23 +125,37 @@ def main() -> None:
             # 3-4: a model per prefix of the triplet file, each served and evaluated.
             counts = proof.scaling_counts(_lines(triplets), args.scaling_points)
             scaling, train_s, training_metrics = [], {}, []
+            # The curve and the plain rows come from runs without the Eq. 3 stage: that stage retrains the
+            # predictor for the fused query, so the plain query of a fused checkpoint is not the plain model.
+            plain_settings = dataclasses.replace(recipe.training, fusion=False)
             for count in counts:
                 largest = count == counts[-1]
-                settings = recipe.training if largest else dataclasses.replace(recipe.training, fusion=False)
                 subset = proof.first_triplets(triplets, count, work / f"triplets-{count}.jsonl")
                 started = time.perf_counter()
-                run = proof.train(profile, subset, work / f"model-{count}", settings, log=print)
+                run = proof.train(profile, subset, work / f"model-{count}", plain_settings, log=print)
                 train_s[count] = round(time.perf_counter() - started, 1)
                 proof.serve_checkpoint(suite, run.checkpoint)
-                rows = INSTRUCTCIR_ROWS if largest else INSTRUCTCIR_ROWS[:1]
                 table = quality_table(
                     suite.retriever_address,
                     cirr,
                     work / f"eval-{count}",
-                    rows,
+                    INSTRUCTCIR_ROWS[:1],
                     echo=print,
                     collection_prefix=f"ic{count}",
                 )
+                if largest:
+                    started = time.perf_counter()
+                    run = proof.train(profile, subset, work / "model-fused", recipe.training, log=print)
+                    train_s["fused"] = round(time.perf_counter() - started, 1)
+                    proof.serve_checkpoint(suite, run.checkpoint)
+                    table |= quality_table(
+                        suite.retriever_address,
+                        cirr,
+                        work / "eval-fused",
+                        INSTRUCTCIR_ROWS[1:],
+                        echo=print,
+                        collection_prefix="ic-fused",
+                    )
                 plain = table["instructcir"]
                 scaling.append(
                     {
@@ -153,15 +168,15 @@ def main() -> None:
                 if largest:
                     quality = {**table, **quality}
                     training_metrics = run.metrics
-                    if fashioniq is not None:
+                    if fashioniq is not None:  # the fused checkpoint is the one served now
                         quality_fashioniq |= quality_table(
                             suite.retriever_address,
                             fashioniq,
-                            work / f"eval-fiq-{count}",
-                            rows,
+                            work / "eval-fiq-fused",
+                            INSTRUCTCIR_ROWS[1:],
                             dataset=DatasetName.FASHIONIQ,
                             echo=print,
-                            collection_prefix=f"ic{count}",
+                            collection_prefix="ic-fused",
                         )
             # Diagnostic: the same training on the catalog's answer key (the texts a perfect captioner and LLM
             # would write) separates what the triplets' texts cost from what the model can learn.
@@ -172,7 +187,7 @@ def main() -> None:
                 suite.retriever_address,
                 cirr,
                 work / "eval-answer-key",
-                INSTRUCTCIR_ROWS,
+                INSTRUCTCIR_ROWS[1:],
                 echo=print,
                 collection_prefix="ic-answer-key",
             )
@@ -188,7 +203,10 @@ def main() -> None:
         "quality": {
             label: {m: v for m, v in values.items() if m in METRICS} for label, values in quality.items()
         },
-        "quality_fashioniq": quality_fashioniq,
+        "quality_fashioniq": {
+            label: {m: values[m] for m in FASHIONIQ_METRICS if m in values}
+            for label, values in quality_fashioniq.items()
+        },
         "quality_answer_key": _recalls(quality_answer_key),
         "scaling": scaling,
         "train_s": train_s[counts[-1]],

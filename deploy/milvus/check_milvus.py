@@ -9,11 +9,13 @@ Neither file can be validated by kubernetes-validate (Helm values are no Kuberne
 resource has no schema there), and no Helm chart or CRD is fetched in CI. So this checks what matters for the
 suite, on both ways of installing Milvus:
 - the Helm values (chart milvus/milvus 4.2.x, Milvus 2.5.x): only top-level keys the chart has (a misspelt
-  key is silently ignored by Helm), cluster mode, authorization on in user.yaml, the root password and the
+  key is silently ignored by Helm), cluster mode, authorization on and five vector fields per collection
+  (InstructCIR's targets are the fifth) in user.yaml, the root password and the
   MinIO keys from Secrets (no literal secret anywhere), etcd / MinIO / Pulsar on persistent volumes, one
   message queue (Pulsar 3; Woodpecker is Milvus 2.6's), Milvus 2.5 images, two proxies at least;
 - the Milvus Operator resource (milvus.io/v1beta1 Milvus): its required top-level fields and spec keys,
-  cluster mode, authorization on, the root password from a Secret, persistent dependencies kept on deletion,
+  cluster mode, authorization on, five vector fields, the root password from a Secret, persistent dependencies
+  kept on deletion,
   Pulsar as the message stream, a Milvus 2.5 image;
 - that both expose the proxy Service the component's CIR_RETRIEVER_MILVUS_URI names (host
   <service>.<namespace>.svc, port 19530), and that the component reads the token from a variable outside the
@@ -38,6 +40,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 MILVUS_PORT = 19530
 MILVUS_SERIES = "2.5."
+# Vector fields per collection: t_v, the caption mean, the caption slots, the raw image feature, and the
+# InstructCIR targets (cir_retriever.gallery.milvus); Milvus's proxy.maxVectorFieldNum defaults to 4.
+MIN_VECTOR_FIELDS = 5
 # Top-level keys of the milvus/milvus chart's values in the 4.2.x series.
 CHART_KEYS = {
     "nameOverride", "fullnameOverride", "cluster", "image", "nodeSelector", "tolerations", "affinity",
@@ -70,6 +75,10 @@ def check_values(values: dict[str, Any], header: str) -> tuple[list[str], tuple[
     if not tag.lstrip("v").startswith(MILVUS_SERIES):
         errors.append(f"values: image.all.tag {tag!r} is not Milvus {MILVUS_SERIES}x (chart 4.2.x)")
     user_yaml = yaml.safe_load(_get(values, "extraConfigFiles.user.yaml") or "") or {}
+    if int(_get(user_yaml, "proxy.maxVectorFieldNum") or 4) < MIN_VECTOR_FIELDS:
+        errors.append(
+            f"values: extraConfigFiles user.yaml must set proxy.maxVectorFieldNum >= {MIN_VECTOR_FIELDS}"
+        )
     if _get(user_yaml, "common.security.authorizationEnabled") is not True:
         errors.append(
             "values: extraConfigFiles user.yaml must set common.security.authorizationEnabled: true"
@@ -142,6 +151,8 @@ def check_cr(cr: dict[str, Any]) -> tuple[list[str], tuple[str, str | None, int]
         errors.append("cr: spec.mode must be cluster")
     if _get(spec, "config.common.security.authorizationEnabled") is not True:
         errors.append("cr: spec.config.common.security.authorizationEnabled must be true")
+    if int(_get(spec, "config.proxy.maxVectorFieldNum") or 4) < MIN_VECTOR_FIELDS:
+        errors.append(f"cr: spec.config.proxy.maxVectorFieldNum must be >= {MIN_VECTOR_FIELDS}")
     components = spec.get("components") or {}
     image = str(components.get("image") or "")
     if ":" not in image or not image.rsplit(":", 1)[1].lstrip("v").startswith(MILVUS_SERIES):
@@ -317,7 +328,8 @@ def main(argv: list[str]) -> int:
         print("\n".join(errors), file=sys.stderr)
         return 1
     print(
-        "ok  milvus: Helm values and Milvus resource: cluster mode, authorization on, secrets from Secrets, "
+        "ok  milvus: Helm values and Milvus resource: cluster mode, authorization on, five vector fields, "
+        "secrets from Secrets, "
         "persistent etcd/MinIO/Pulsar; both serve "
         f"{wanted[0]}.{wanted[1]}.svc:{wanted[2]} (the component's URI); "
         + (

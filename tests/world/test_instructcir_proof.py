@@ -34,3 +34,20 @@ def test_curve_svg_is_valid_svg_with_a_point_per_run_and_the_reference_lines() -
     # Higher recall is drawn higher (smaller y).
     ys = [float(c.get("cy")) for c in circles]
     assert ys[0] > ys[1] > ys[2]
+
+
+def test_fashioniq_s_nested_recalls_become_flat_benchmark_keys() -> None:
+    from cir_tools.world.quality import _flat, metric_key
+
+    metrics = {
+        "average": {"R@10": 70.0},
+        "per_category": {"dress": {"R@10": 60.0, "queries": 3}},
+        "queries": 9,
+    }
+    flat = {metric_key(name): value for name, value in _flat(metrics)}
+    assert flat == {
+        "average_r_at_10": 70.0,
+        "per_category_dress_r_at_10": 60.0,
+        "per_category_dress_queries": 3.0,
+        "queries": 9.0,
+    }

@@ -109,7 +109,19 @@ def evaluate_row(
     summary = evaluate(config, echo or (lambda _line: None))
     metrics = summary["metrics"]
     assert isinstance(metrics, Mapping)
-    return {metric_key(name): float(value) for name, value in metrics.items() if _is_number(value)}
+    return {metric_key(name): value for name, value in _flat(metrics)}
+
+
+def _flat(metrics: Mapping[str, object], prefix: str = "") -> list[tuple[str, float]]:
+    """Numbers of a (nested) metrics dict as ("outer inner", value): FashionIQ's "average" and
+    "per_category" hold their recalls one level or two down ("average R@10" -> average_r_at_10)."""
+    flat: list[tuple[str, float]] = []
+    for name, value in metrics.items():
+        if isinstance(value, Mapping):
+            flat.extend(_flat(value, f"{prefix}{name} "))
+        elif _is_number(value):
+            flat.append((f"{prefix}{name}", float(value)))
+    return flat
 
 
 def quality_table(
