@@ -11,14 +11,16 @@ FashionIQ-layout val for the largest) next to image_only, text_only, lincir and 
 
 Keys (issue 18):
 - `quality{strategy: {metric: value}}`: percent on the CIRR-layout val split: instructcir, instructcir_fused,
-  image_only, text_only, lincir, cvsi; `recall_at_1`, `recall_at_10` (and the other recalls measured).
+  image_only, text_only, lincir, cvsi; `recall_at_1`, `recall_at_10` (and the other recalls measured). With
+  the recipe's residual variant (docs/instructcir.md; `--no-residual-query` trains the paper's network
+  throughout), also `instructcir_paper_network`: the paper's network, plain, on the largest triplet file.
 - `scaling[]`: {`triplets`, `recall_at_1`, `recall_at_10`} per training run (triplets = lines of its file).
 - `train_s`: seconds of the largest plain run's training; `train_s_by_triplets{}` for every run (`fused`: the
   largest with the Eq. 3 stage, which the `instructcir_fused` rows serve).
 Also: `quality_fashioniq{}`, `triplets_s`, `triplet_outcomes{}`, `triplet_examples[]`, `catalog_images`,
 `training_metrics[]` (the fused run's, per epoch: train and held-out loss, held-out recalls), the SVG of the
-curve (`scaling_svg`, a path), and `quality_answer_key{}`: the same training on the catalog's answer key (the
-generator's own texts for base -> variant pairs), a diagnostic of what the triplets' texts cost.
+curve (`scaling_svg`, a path), and `quality_answer_key{}`: the same plain training on the catalog's answer key
+(the generator's own texts for base -> variant pairs), a diagnostic of what the triplets' texts cost.
 
 The triplets' texts come from the world's triplet LLM (`cir_tools.packs.world_stages.triplet_llm_stage`),
 served by the suite's reasoner while the job runs; cvsi and the other rows use the pack's serving LLM.
@@ -46,6 +48,8 @@ from cir_tools.world.quality import INSTRUCTCIR_ROWS, QUALITY_ROWS, markdown_tab
 BASELINE_ROWS = tuple(r for r in QUALITY_ROWS if r.label in ("image_only", "text_only", "lincir", "cvsi"))
 METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "recall_subset_at_1")
 FASHIONIQ_METRICS = ("average_r_at_10", "average_r_at_50")
+# With the recipe's residual variant, the paper's own network trained on the same triplets, for comparison.
+PAPER_NETWORK_ROW = "instructcir_paper_network"
 
 
 def main() -> None:
@@ -57,6 +61,12 @@ def main() -> None:
     parser.add_argument("--families", type=int, default=proof.ProofRecipe.families)
     parser.add_argument("--triplets", type=int, default=proof.ProofRecipe.triplets)
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    parser.add_argument(
+        "--residual-query",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the network's residual variant (docs/instructcir.md); default: the recipe's",
+    )
     parser.add_argument("--scaling-points", type=int, default=4)
     parser.add_argument("--gallery-size", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=300)
@@ -64,10 +74,9 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe = proof.ProofRecipe(families=args.families, triplets=args.triplets)
-    if args.epochs is not None:
-        recipe = dataclasses.replace(
-            recipe, training=dataclasses.replace(recipe.training, epochs=args.epochs)
-        )
+    overrides = {"epochs": args.epochs, "residual_query": args.residual_query}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    recipe = dataclasses.replace(recipe, training=dataclasses.replace(recipe.training, **overrides))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, object] = {"recipe": _jsonable(dataclasses.asdict(recipe))}
@@ -178,16 +187,32 @@ def main() -> None:
                             echo=print,
                             collection_prefix="ic-fused",
                         )
+                if largest and recipe.training.residual_query:
+                    # The paper's network (random predictor, Xavier cross-attention) on the same triplets.
+                    paper = dataclasses.replace(plain_settings, residual_query=False)
+                    started = time.perf_counter()
+                    paper_run = proof.train(profile, subset, work / "model-paper", paper, log=print)
+                    train_s["paper_network"] = round(time.perf_counter() - started, 1)
+                    proof.serve_checkpoint(suite, paper_run.checkpoint)
+                    paper_table = quality_table(
+                        suite.retriever_address,
+                        cirr,
+                        work / "eval-paper",
+                        INSTRUCTCIR_ROWS[:1],
+                        echo=print,
+                        collection_prefix="ic-paper",
+                    )
+                    quality[PAPER_NETWORK_ROW] = paper_table["instructcir"]
             # Diagnostic: the same training on the catalog's answer key (the texts a perfect captioner and LLM
             # would write) separates what the triplets' texts cost from what the model can learn.
             key = proof.answer_key_triplets(catalog, work / "answer-key.jsonl")
-            run = proof.train(profile, key, work / "model-answer-key", recipe.training, log=print)
+            run = proof.train(profile, key, work / "model-answer-key", plain_settings, log=print)
             proof.serve_checkpoint(suite, run.checkpoint)
             quality_answer_key = quality_table(
                 suite.retriever_address,
                 cirr,
                 work / "eval-answer-key",
-                INSTRUCTCIR_ROWS[1:],
+                INSTRUCTCIR_ROWS[:1],
                 echo=print,
                 collection_prefix="ic-answer-key",
             )

@@ -132,26 +132,76 @@ def colour_images(count: int, seed: int) -> torch.Tensor:
     return colours + 0.3 * torch.randn(count, 3, 64, 64, generator=generator)
 
 
-def test_loss_on_a_fixed_batch_falls(tiny_clip: LoadedClip) -> None:
-    net = network(tiny_clip)
+def fixed_batch_losses(
+    net: InstructCirNetwork, clip: LoadedClip, steps: int = 30
+) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+    """Eq. 2 losses of `steps` AdamW steps (each followed by an EMA step) on one fixed batch; the batch."""
     pictures, targets = colour_images(6, seed=1), colour_images(6, seed=2)
-    tokens = tiny_clip.tokenizer(INSTRUCTIONS + INSTRUCTIONS[:2])
+    tokens = clip.tokenizer(INSTRUCTIONS + INSTRUCTIONS[:2])
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.1)
     losses = []
-    for _ in range(30):
+    for _ in range(steps):
         with torch.no_grad():
             target = net.encode_target(targets)
-        loss = contrastive_loss(net.encode_query(pictures, tokens), target, CONFIG.temperature)
+        loss = contrastive_loss(net.encode_query(pictures, tokens), target, net.config.temperature)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         net.update_target()
         losses.append(float(loss.detach()))
+    return losses, pictures, tokens
+
+
+def test_loss_on_a_fixed_batch_falls(tiny_clip: LoadedClip) -> None:
+    net = network(tiny_clip)
+    losses, _, _ = fixed_batch_losses(net, tiny_clip)
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
     # The CLIP itself is not trained: its text tower is frozen and none of it is registered in the network.
     assert not any(p.requires_grad for p in tiny_clip.model.parameters())
     assert not any(name.startswith(("transformer.", "token_embedding")) for name in net.state_dict())
+
+
+RESIDUAL = InstructCirConfig(predictor_hidden_dim=64, temperature=0.1, ema_decay=0.9, residual_query=True)
+
+
+def test_untrained_residual_variant_is_the_clip_image_only_query(tiny_clip: LoadedClip) -> None:
+    net = network(tiny_clip, RESIDUAL).eval()
+    pictures, tokens = images(3), tiny_clip.tokenizer(INSTRUCTIONS[:3])
+    with torch.no_grad():
+        clip_images = tiny_clip.model.encode_image(pictures)
+        torch.testing.assert_close(net.encode_query(pictures, tokens), clip_images, rtol=0, atol=1e-5)
+        torch.testing.assert_close(net.encode_target(pictures), clip_images, rtol=0, atol=1e-5)
+    # The paper's network (Xavier cross-attention output, random predictor) is not.
+    paper = network(tiny_clip, CONFIG).eval()
+    with torch.no_grad():
+        assert not torch.allclose(paper.encode_query(pictures, tokens), clip_images, atol=1e-2)
+
+
+def test_residual_query_is_the_image_embedding_plus_the_predictor(tiny_clip: LoadedClip) -> None:
+    net = network(tiny_clip, RESIDUAL).eval()
+    with torch.no_grad():
+        for module in (net.predictor[-1], *(b.cross_attn.out_proj for b in net.tower.blocks)):
+            module.weight.normal_(0.0, 0.05)
+        pictures, tokens = images(2), tiny_clip.tokenizer(INSTRUCTIONS[:2])
+        words, padding, text = net._encode_words(tokens)
+        image = net.tower(pictures, words, padding)
+        expected = image + net.predictor(torch.cat([image, text], dim=-1))
+        torch.testing.assert_close(net.encode_query(pictures, tokens), expected)
+        assert not torch.allclose(image, tiny_clip.model.encode_image(pictures), atol=1e-3)
+
+
+def test_residual_variant_learns_and_round_trips(tiny_clip: LoadedClip, tmp_path: Path) -> None:
+    net = network(tiny_clip, RESIDUAL)
+    losses, pictures, tokens = fixed_batch_losses(net, tiny_clip)
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+    net.eval()
+    path = tmp_path / "residual.pt"
+    save_instructcir(path, net, clip_identity=identity(tiny_clip), training={})
+    loaded = load_instructcir(str(path), tiny_clip.model, identity(tiny_clip))
+    assert loaded.config == RESIDUAL
+    with torch.no_grad():
+        assert torch.equal(loaded.network.encode_query(pictures, tokens), net.encode_query(pictures, tokens))
 
 
 def test_contrastive_loss_is_cross_entropy_over_cosine_logits() -> None:

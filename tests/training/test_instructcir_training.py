@@ -255,7 +255,7 @@ def test_two_processes_under_torchrun_train_a_loadable_checkpoint(
     assert len(metrics) == 1 and metrics[0]["train_loss"] > 0
 
 
-def test_clip_named_by_a_pack_profile(
+def test_clip_named_by_a_pack_profile_and_the_residual_variant_flag(
     tiny: TinyEncoderFiles, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     profile = tmp_path / "profile.toml"
@@ -267,9 +267,10 @@ def test_clip_named_by_a_pack_profile(
     out = tmp_path / "run"
     args = ["train", "instructcir", "--triplets", str(dataset / "triplets.jsonl"), "--clip", str(profile)]
     args += ["--out", str(out), "--images-root", str(dataset), "--epochs", "1", "--batch-size", "8"]
-    assert main([*args, "--device", "cpu", "--threads", "1"]) == 0
-    trained_on = torch.load(out / FINAL_CHECKPOINT, weights_only=True)["clip_identity"]
-    assert trained_on["model"] == TINY_CLIP_NAME
+    assert main([*args, "--device", "cpu", "--threads", "1", "--residual-query"]) == 0
+    payload = torch.load(out / FINAL_CHECKPOINT, weights_only=True)
+    assert payload["clip_identity"]["model"] == TINY_CLIP_NAME
+    assert payload["config"]["residual_query"] is True
     capsys.readouterr()
     profile.write_text('[encoder]\nclip_model = "no-such-clip"\nclip_pretrained = "x.pt"\n', encoding="utf-8")
     other = ["train", "instructcir", "--triplets", str(dataset / "triplets.jsonl"), "--clip", str(profile)]

@@ -6,10 +6,14 @@ encoder's per-token outputs after ln_final, the backbone's head count, Xavier in
 
     x = x + attn(ln_1(x));  x = x + xattn(ln_x(x), words);  x = x + mlp(ln_2(x))
 
-A predictor MLP on concat(image embedding, plain CLIP text embedding) gives the query embedding. Target images
-go through an EMA copy of the tower (`update_target`, never gradients) whose only key/value is a null-text
-token. Eq. 2 is InfoNCE over the batch; Eq. 3 mixes normalize(query) and normalize(text embedding) with a
-learned weight sigmoid(fusion_logit).
+A predictor MLP on concat(image embedding, plain CLIP text embedding) gives the query embedding. With
+`residual_query` (a named variant, not the paper's) the query is the image embedding plus the predictor's
+output, and the cross-attention output projections and the predictor's last layer start at zero: the
+untrained network is the CLIP's image-only query and training learns the change on top of it, which a
+catalog of a few thousand triplets cannot do from a random predictor without losing the image similarity.
+Target images go through an EMA copy of the tower (`update_target`, never gradients) whose only key/value is
+a null-text token. Eq. 2 is InfoNCE over the batch; Eq. 3 mixes normalize(query) and normalize(text
+embedding) with a learned weight sigmoid(fusion_logit).
 
 The CLIP's text tower is only referenced (frozen, served by the encoder's own CLIP), so a checkpoint holds
 the image towers, cross-attention, predictor, null token and fusion logit (format: docs/instructcir.md).
@@ -55,6 +59,8 @@ class InstructCirConfig:
     fusion: bool = False
     # Eq. 3's initial query weight (sigmoid of the logit), before the fusion stage learns it.
     fusion_init: float = 0.5
+    # The residual variant (module docstring); False is the paper's network.
+    residual_query: bool = False
 
     def __post_init__(self) -> None:
         if self.predictor_hidden_dim <= 0:
@@ -70,7 +76,7 @@ class InstructCirConfig:
 class CrossAttentionBlock(nn.Module):
     """A copied backbone block with a text cross-attention sublayer after its self-attention."""
 
-    def __init__(self, block: nn.Module, text_width: int) -> None:
+    def __init__(self, block: nn.Module, text_width: int, zero_output: bool = False) -> None:
         super().__init__()
         self.block = block
         width = int(block.ln_1.normalized_shape[0])
@@ -84,7 +90,10 @@ class CrossAttentionBlock(nn.Module):
         for projection in (getattr(self.cross_attn, name) for name in names):
             if projection is not None:
                 nn.init.xavier_uniform_(projection)
-        nn.init.xavier_uniform_(self.cross_attn.out_proj.weight)
+        if zero_output:  # residual_query: the sublayer starts as the identity of the backbone block
+            nn.init.zeros_(self.cross_attn.out_proj.weight)
+        else:
+            nn.init.xavier_uniform_(self.cross_attn.out_proj.weight)
         nn.init.zeros_(self.cross_attn.in_proj_bias)
         nn.init.zeros_(self.cross_attn.out_proj.bias)
 
@@ -107,7 +116,7 @@ class CrossAttentionBlock(nn.Module):
 class InstructCirTower(nn.Module):
     """The CLIP image tower (copied) with cross-attention blocks, plus the null-text token for targets."""
 
-    def __init__(self, visual: nn.Module, null_token: torch.Tensor) -> None:
+    def __init__(self, visual: nn.Module, null_token: torch.Tensor, zero_output: bool = False) -> None:
         super().__init__()
         _check_vision_tower(visual)
         visual = copy.deepcopy(visual)
@@ -117,7 +126,8 @@ class InstructCirTower(nn.Module):
         self.patch_dropout = visual.patch_dropout
         self.ln_pre = visual.ln_pre
         self.blocks = nn.ModuleList(
-            CrossAttentionBlock(block, int(null_token.shape[-1])) for block in visual.transformer.resblocks
+            CrossAttentionBlock(block, int(null_token.shape[-1]), zero_output)
+            for block in visual.transformer.resblocks
         )
         self.ln_post = visual.ln_post
         self.proj = visual.proj
@@ -162,12 +172,15 @@ class InstructCirNetwork(nn.Module):
         reference = next(clip.visual.parameters())
         self.embed_dim = int(clip.visual.output_dim)
         self.text_width = int(self._text.token_embedding.embedding_dim)
-        self.tower = InstructCirTower(clip.visual, self._empty_text_token())
+        self.tower = InstructCirTower(clip.visual, self._empty_text_token(), config.residual_query)
         self.predictor = nn.Sequential(
             nn.Linear(2 * self.embed_dim, config.predictor_hidden_dim),
             nn.GELU(),
             nn.Linear(config.predictor_hidden_dim, self.embed_dim),
         )
+        if config.residual_query:
+            nn.init.zeros_(self.predictor[-1].weight)
+            nn.init.zeros_(self.predictor[-1].bias)
         self.fusion_logit = (
             nn.Parameter(torch.logit(torch.tensor(config.fusion_init, dtype=torch.float64)).float())
             if config.fusion
@@ -225,7 +238,8 @@ class InstructCirNetwork(nn.Module):
         words, padding, text = self._encode_words(tokens)
         image = self.tower(images, words, padding)
         text = text.to(image.dtype)
-        return self.predictor(torch.cat([image, text], dim=-1)), text
+        predicted = self.predictor(torch.cat([image, text], dim=-1))
+        return (image + predicted if self.config.residual_query else predicted), text
 
     @torch.no_grad()
     def _encode_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -85,6 +85,12 @@ def _add_instructcir_arguments(trainers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--fusion-epochs", type=_positive_int, default=1, help="epochs of the --fusion stage (default: 1)"
     )
+    parser.add_argument(
+        "--residual-query",
+        action="store_true",
+        help="the residual variant (not the paper's): query = image embedding + predictor output, new layers "
+        "zero-initialised so training starts from image_only (docs/instructcir.md)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in OUT/last.pt")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
@@ -113,6 +119,7 @@ def _train_instructcir(args: argparse.Namespace) -> int:
         heldout_fraction=args.heldout_fraction,
         fusion=args.fusion,
         fusion_epochs=args.fusion_epochs,
+        residual_query=args.residual_query,
         seed=args.seed,
         workers=args.workers,
     )

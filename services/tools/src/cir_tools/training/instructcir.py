@@ -85,6 +85,8 @@ class InstructCirTrainingSettings:
     temperature: float = 0.07
     ema_decay: float = 0.995
     predictor_hidden_dim: int = 1024
+    # InstructCirConfig.residual_query: the network's named variant (False: the paper's).
+    residual_query: bool = False
     seed: int = 0
     workers: int = 0
 
@@ -104,6 +106,7 @@ class InstructCirTrainingSettings:
             temperature=self.temperature,
             ema_decay=self.ema_decay,
             fusion=self.fusion,
+            residual_query=self.residual_query,
         )
 
     def stages(self) -> list[str]:
