@@ -70,6 +70,7 @@ from cir_tools.local_suite import SERVICES, LocalSuite
 from cir_tools.packs import paper_shapes
 from cir_tools.packs.tiny import render_toml
 from cir_tools.profiles import check_profile
+from cir_tools.termination import exit_on_sigterm
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_PROFILE = REPO / "deploy" / "profiles" / "paper.toml"
@@ -687,6 +688,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     args = parse_args()
     device = "meta" if args.dry_run else resolve_device(args.device)
     report = Report(

@@ -41,6 +41,7 @@ from cir_client.retriever import connect
 from cir_evaluation.model import DatasetName, Split
 from cir_tools.local_suite import LocalSuite
 from cir_tools.packs.world import build_world_pack, default_pack_dir
+from cir_tools.termination import exit_on_sigterm
 from cir_tools.world import instructcir_proof as proof
 from cir_tools.world.datasets import write_world_dataset
 from cir_tools.world.quality import INSTRUCTCIR_ROWS, QUALITY_ROWS, markdown_table, quality_table
@@ -53,6 +54,7 @@ PAPER_NETWORK_ROW = "instructcir_paper_network"
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

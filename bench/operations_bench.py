@@ -4,11 +4,12 @@
 
 Two local suites (tiny pack, real Redis) run side by side. `off` is the suite as shipped: plaintext, no
 metrics, no tracing, no keys. `on` turns every operations feature on at once: Prometheus metrics on every
-service, OTLP tracing of every span to an in-process receiver, TLS on every gRPC port with mTLS between the
-retriever and the model services, a TLS Redis with a password, and API keys on the retriever (the caller
-sends one over TLS). Searches alternate between the two suites in short blocks, so that the drift of a
-loaded machine falls on both alike, and every search has a reference image of its own (no cache hit
-decides a latency). After the runs, every metrics endpoint is scraped and the received spans counted, so a
+service, OTLP tracing to a receiver in a process of its own (as a collector is: decoding the suite's spans
+in this process would slow the searches it times), TLS on every gRPC port with mTLS between the retriever
+and the model services, a TLS Redis with a password, and API keys on the retriever (the caller sends one
+over TLS). Searches alternate between the two suites in short blocks, so that the drift of a loaded machine
+falls on both alike, and every search has a reference image of its own (no cache hit decides a latency).
+After the runs, every metrics endpoint is scraped and the received spans counted, so a
 feature that silently stayed off cannot pass for a cheap one.
 
 Keys (issue 16):
@@ -45,8 +46,9 @@ from cir_client.retriever import Credentials, connect, index_folder, search_requ
 from cir_common.vocabulary import SERVICES, TLS_CA_FILE_ENV, Service
 from cir_tools.local_redis import RedisTls, free_port
 from cir_tools.local_suite import LocalSuite
-from cir_tools.otlp_sink import running_otlp_sink
+from cir_tools.otlp_sink import otlp_sink_process
 from cir_tools.packs.tiny import build_tiny_pack
+from cir_tools.termination import exit_on_sigterm
 
 COLLECTION = "operations"
 MODEL_SERVICES = (Service.ENCODER, Service.CAPTIONER, Service.REASONER)
@@ -198,6 +200,7 @@ def _scrape(ports: list[int]) -> tuple[int, int]:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench/results/operations.json")
     parser.add_argument("--strategies", default="image_only,lincir")
@@ -224,12 +227,11 @@ def main() -> None:
 
     with (
         tempfile.TemporaryDirectory(prefix="cir-operations-bench-") as scratch,
-        running_otlp_sink() as sink_at,
+        otlp_sink_process(Path(scratch)) as sink,
     ):
-        sink, endpoint = sink_at
         work = Path(scratch)
         profile = build_tiny_pack(work / "tiny-pack", echo=None)
-        on = operations_on(work, endpoint, features, args.trace_sample_ratio)
+        on = operations_on(work, sink.endpoint, features, args.trace_sample_ratio)
         suites = {
             "off": LocalSuite(profile=profile, workdir=work / "off"),
             "on": LocalSuite(
@@ -264,7 +266,7 @@ def main() -> None:
         finally:
             for suite in suites.values():
                 suite.stop()  # flushes every process's spans to the sink
-        spans = len(sink.spans())
+        spans = sum(sink.stop().values())
 
     overhead = []
     for off in (r for r in runs if r["mode"] == "off"):

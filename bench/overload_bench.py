@@ -38,6 +38,7 @@ from cir.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from cir_client.retriever import STRATEGIES, connect, index_folder
 from cir_tools.local_suite import LocalSuite
 from cir_tools.packs.tiny import build_tiny_pack
+from cir_tools.termination import exit_on_sigterm
 
 COLLECTION = "overload"
 RETRY_HINT_HEADERS = ("x-cir-retry-after-ms", "grpc-retry-pushback-ms")
@@ -171,6 +172,7 @@ def bench_goodput(
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -56,6 +56,7 @@ from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
 from cir_common.vocabulary import REASONER
 from cir_tools.local_suite import LocalSuite
 from cir_tools.packs.tiny import build_tiny_pack
+from cir_tools.termination import exit_on_sigterm
 
 SERVICE = REASONER.grpc_name
 HEALTH_PERIOD_S = 0.02
@@ -163,6 +164,7 @@ def run_scenario(
 
 
 def main() -> int:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench/results/reasoner_health.json")
     parser.add_argument("--label", default="after", help="the run's key under `runs` (e.g. before, after)")

@@ -39,6 +39,7 @@ from cir_client.retriever import connect, index_folder, search_request
 from cir_common.vocabulary import RETRIEVER
 from cir_tools.local_suite import LocalSuite
 from cir_tools.packs.tiny import build_tiny_pack
+from cir_tools.termination import exit_on_sigterm
 
 COLLECTION = "redis-outage"
 
@@ -231,6 +232,7 @@ def measure_redis_outage(
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

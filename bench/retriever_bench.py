@@ -24,6 +24,7 @@ from PIL import Image
 from cir_client.retriever import connect, index_folder, search_request
 from cir_tools.local_suite import LocalSuite
 from cir_tools.packs.tiny import build_tiny_pack
+from cir_tools.termination import exit_on_sigterm
 
 
 def _random_images(folder: Path, count: int, seed: int) -> list[Path]:
@@ -95,6 +96,7 @@ def bench_queries(profile: Path, workdir: Path, queries: int) -> dict:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

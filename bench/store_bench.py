@@ -49,6 +49,7 @@ from cir_retriever.gallery.types import (
     ImageRecord,
     Range,
 )
+from cir_tools.termination import exit_on_sigterm
 
 COLLECTION = "bench"
 FIELDS = (FilterableField("bucket", FieldType.INT),)  # bucket = i % 10: a filter on one bucket keeps 10%
@@ -472,6 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     args = parse_args()
     if args.measure:
         print(json.dumps(measure(Path(args.measure), args)))

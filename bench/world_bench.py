@@ -33,6 +33,7 @@ from cir_evaluation.model import DatasetName, Split
 from cir_evaluation.runner import collection_name, ingest_gallery
 from cir_tools.local_suite import LocalSuite
 from cir_tools.packs.world import build_report, build_world_pack
+from cir_tools.termination import exit_on_sigterm
 from cir_tools.world.datasets import write_world_dataset
 from cir_tools.world.quality import QUALITY_ROWS, markdown_table, quality_table
 
@@ -40,6 +41,7 @@ METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "recall_subset_at_1")
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench still stops the processes it started
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

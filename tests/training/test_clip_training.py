@@ -63,11 +63,17 @@ def test_loss_on_a_fixed_batch_falls(one_thread: None) -> None:
     untrained = CLIP(**TINY).eval()  # what train_clip starts from: same seed, same class
     pixels, ids = _fixed_batch()
     losses: list[float] = []
-    trained = train_clip(TINY, _pairs(), settings, progress=lambda _, loss: losses.append(loss))
+    steps: list[tuple[int, int]] = []
+
+    def progress(step: int, total: int, loss: float) -> None:
+        steps.append((step, total))
+        losses.append(loss)
+
+    trained = train_clip(TINY, _pairs(), settings, progress=progress)
     with torch.no_grad():
         before = float(contrastive_loss(untrained, pixels, ids))
         after = float(contrastive_loss(trained, pixels, ids))
-    assert len(losses) == settings.steps
+    assert steps == [(step, settings.steps) for step in range(1, settings.steps + 1)]
     assert after < 0.5 * before, (before, after)
     assert not trained.training and not any(p.requires_grad for p in trained.parameters())
 

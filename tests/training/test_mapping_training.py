@@ -47,7 +47,7 @@ def test_pic2word_learns_and_loads_as_pic2word(
         tiny_clip.tokenizer,
         image_embeddings,
         FIXED_BATCH,
-        lambda _, loss: losses.append(loss),
+        lambda _, __, loss: losses.append(loss),
     )
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
     path = save_pic2word(mapping, tmp_path / "pic2word.pt")
@@ -69,7 +69,7 @@ def test_searle_learns_and_loads_as_phi(
         image_embeddings,
         CAPTIONS,
         FIXED_BATCH,
-        lambda _, loss: losses.append(loss),
+        lambda _, __, loss: losses.append(loss),
     )
     # An untrained CLIP's text and image spaces are unrelated: the cosine loss has a floor well above 0.
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), losses

@@ -64,10 +64,14 @@ def test_loss_on_a_fixed_batch_falls(tiny_clip: LoadedClip, network: str) -> Non
         steps=30, batch_size=len(TEXTS), lr=2e-3, warmup_steps=1, noise_std=0.0, template_fraction=1.0
     )
     losses: list[float] = []
-    phi = train_phi(
-        tiny_clip.model, tiny_clip.tokenizer, TEXTS, settings, network, lambda _, loss: losses.append(loss)
-    )
-    assert len(losses) == 30
+    totals: set[int] = set()
+
+    def progress(step: int, total: int, loss: float) -> None:
+        totals.add(total)
+        losses.append(loss)
+
+    phi = train_phi(tiny_clip.model, tiny_clip.tokenizer, TEXTS, settings, network, progress)
+    assert len(losses) == 30 and totals == {30}
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
     assert not phi.training and not any(p.requires_grad for p in phi.parameters())
     # The CLIP model is left as it was handed over: frozen in eval mode (the loader's state).

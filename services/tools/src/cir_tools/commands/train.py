@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cir_tools.training.progress import Progress
 
 _NETWORKS = ("lincir", "searle")
 
@@ -139,7 +142,7 @@ def _train_instructcir(args: argparse.Namespace) -> int:
             images_root=Path(args.images_root) if args.images_root else None,
             resume=args.resume,
             context=context,
-            progress=_progress_bar_of_total("instructcir"),
+            progress=_progress_bar("instructcir"),
             log=lambda line: print(line, file=sys.stderr),
         )
     finally:
@@ -149,8 +152,8 @@ def _train_instructcir(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar_of_total(label: str) -> Callable[[int, int, float], None]:
-    """The `cir` progress bar as a (step, total, loss) callback."""
+def _progress_bar(label: str) -> Progress:
+    """The `cir` progress bar, as every trainer's (step, total, loss) callback."""
     from cir_tools.training.progress import ProgressBar
 
     return ProgressBar(label)
@@ -183,7 +186,7 @@ def _train_phi(args: argparse.Namespace) -> int:
         f"{clip.text_width}) on {len(texts)} texts, {settings.steps} steps",
         file=sys.stderr,
     )
-    progress = _progress_bar(settings.steps, f"{args.network} phi")
+    progress = _progress_bar(f"{args.network} phi")
     phi = train_phi(clip.model, clip.tokenizer, texts, settings, network=args.network, progress=progress)
     save_phi(phi, out)
     print(f"wrote {out} ({args.network}; use it as an encoder mapping network)")
@@ -217,14 +220,6 @@ def _jsonl_text(line: str, path: Path, number: int) -> str:
             if isinstance(record.get(key), str):
                 return record[key].strip()
     raise ValueError(f"--texts {path} line {number}: expected a string or an object with 'text' or 'caption'")
-
-
-def _progress_bar(total: int, label: str) -> Callable[[int, float], None]:
-    """The trainer's (step, loss) callback drawing the `cir` progress bar of `total` steps."""
-    from cir_tools.training.progress import ProgressBar
-
-    bar = ProgressBar(label)
-    return lambda step, loss: bar(step, total, loss)
 
 
 def _positive_int(text: str) -> int:

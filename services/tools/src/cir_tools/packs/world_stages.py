@@ -9,7 +9,6 @@ loader, exactly as the service will load it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +68,9 @@ class WorldRecipe:
     llm: Any = field(default_factory=_llm_recipe)
 
 
-def _bar(progress: Progress, total: int) -> Callable[[int, float], None]:
-    """The encoder trainers' (step, loss) callback drawing on a stage's bar of `total` steps."""
-    return lambda step, loss: progress(step, total, float(loss))
+def _within(progress: Progress, done: int, total: int) -> Progress:
+    """A trainer's progress as a part of a stage's bar of `total` steps, after the `done` steps before it."""
+    return lambda step, _, loss: progress(done + step, total, loss)
 
 
 def build_clip(recipe: EncoderRecipe, folder: Path, root: Path, progress: Progress) -> None:
@@ -84,7 +83,7 @@ def build_clip(recipe: EncoderRecipe, folder: Path, root: Path, progress: Progre
     settings = ClipTrainingSettings(
         steps=recipe.clip_steps, batch_size=recipe.clip_batch_size, seed=recipe.seed
     )
-    model = train_clip(config, pairs, settings, _bar(progress, settings.steps))
+    model = train_clip(config, pairs, settings, progress)
     save_clip(model, folder, config, _clip_name())
 
 
@@ -100,32 +99,26 @@ def build_mapping(recipe: EncoderRecipe, folder: Path, root: Path, progress: Pro
     phi_settings = PhiTrainingSettings(steps=recipe.lincir_steps, seed=recipe.seed)
     texts = caption_texts(recipe.phi_texts, recipe.seed + 1)
     total = recipe.lincir_steps + recipe.searle_steps + recipe.pic2word_steps
-    lincir = train_phi(clip.model, clip.tokenizer, texts, phi_settings, "lincir", _bar(progress, total))
+    lincir = train_phi(clip.model, clip.tokenizer, texts, phi_settings, "lincir", _within(progress, 0, total))
     save_phi(lincir, folder / LINCIR_FILE)
 
     images = captioned_images(recipe.mapping_images, recipe.seed + 2, clip.image_size[0])
     embeddings = embed_images(clip.model, clip.preprocess, [c.image for c in images])
-    done = recipe.lincir_steps
-
-    def offset(step: int, loss: float) -> None:
-        progress(done + step, total, float(loss))
-
     searle = train_searle(
         clip.model,
         clip.tokenizer,
         embeddings,
         [c.captions[0] for c in images],
         MappingTrainingSettings(steps=recipe.searle_steps, seed=recipe.seed),
-        offset,
+        _within(progress, recipe.lincir_steps, total),
     )
     save_phi(searle, folder / SEARLE_FILE)
-    done += recipe.searle_steps
     pic2word = train_pic2word(
         clip.model,
         clip.tokenizer,
         embeddings,
         MappingTrainingSettings(steps=recipe.pic2word_steps, seed=recipe.seed),
-        offset,
+        _within(progress, recipe.lincir_steps + recipe.searle_steps, total),
     )
     save_pic2word(pic2word, folder / PIC2WORD_FILE)
 

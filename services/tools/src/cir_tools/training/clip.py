@@ -21,14 +21,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cir_tools.packs.tiny_encoder import open_clip_preprocess_config, save_open_clip
+from cir_tools.training.progress import Progress
 
 # The world CLIP's name in its config dir (`<name>.json`), as `clip_model` names it.
 WORLD_CLIP_NAME = "cir-world-clip"
 # CLIP clamps its temperature here so that the logits cannot blow up.
 MAX_LOGIT_SCALE = math.log(100.0)
-
-# A progress callback gets (steps done, loss of that step).
-Progress = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def train_clip(
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         if progress is not None:
-            progress(step + 1, float(loss.detach()))
+            progress(step + 1, settings.steps, float(loss.detach()))
     model.eval()
     model.requires_grad_(False)
     return model

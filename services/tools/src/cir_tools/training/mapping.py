@@ -25,7 +25,7 @@ from PIL import Image
 
 from cir_encoder.phi import Phi, Pic2WordMapping
 from cir_encoder.pseudo_tokens import text_tower
-from cir_tools.training.clip import Progress, warmup_cosine
+from cir_tools.training.clip import warmup_cosine
 from cir_tools.training.phi import (
     TEMPLATE_PROMPT,
     Tokenizer,
@@ -36,6 +36,7 @@ from cir_tools.training.phi import (
     searle_loss,
     tower_features,
 )
+from cir_tools.training.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def _fit(
         optimizer.step()
         schedule.step()
         if progress is not None:
-            progress(step + 1, float(loss.detach()))
+            progress(step + 1, settings.steps, float(loss.detach()))
     network.eval()
     network.requires_grad_(False)
 

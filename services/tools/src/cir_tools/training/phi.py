@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from cir_encoder.engine import PLACEHOLDER
 from cir_encoder.phi import Phi
 from cir_encoder.pseudo_tokens import TextTower, encode_with_pseudo_tokens, text_tower
-from cir_tools.training.clip import Progress, warmup_cosine
+from cir_tools.training.clip import warmup_cosine
+from cir_tools.training.progress import Progress
 
 PhiNetwork = Literal["lincir", "searle"]
 NETWORKS: tuple[str, ...] = ("lincir", "searle")
@@ -222,7 +223,7 @@ def train_phi(
             optimizer.step()
             schedule.step()
             if progress is not None:
-                progress(step + 1, float(loss.detach()))
+                progress(step + 1, settings.steps, float(loss.detach()))
     phi.eval()
     phi.requires_grad_(False)
     return phi
