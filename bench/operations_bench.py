@@ -3,13 +3,14 @@
   .venv/bin/python bench/operations_bench.py --out bench/results/operations.json
 
 Two local suites (tiny pack, real Redis) run side by side. `off` is the suite as shipped: plaintext, no
-metrics, no tracing, no keys. `on` turns every operations feature on at once: Prometheus metrics on every
-service, OTLP tracing to a receiver in a process of its own (as a collector is: decoding the suite's spans
-in this process would slow the searches it times), TLS on every gRPC port with mTLS between the retriever
-and the model services, a TLS Redis with a password, and API keys on the retriever (the caller sends one
-over TLS). Searches alternate between the two suites in short blocks, so that the drift of a loaded machine
-falls on both alike, and every search has a reference image of its own (no cache hit decides a latency).
-After the runs, every metrics endpoint is scraped and the received spans counted, so a
+metrics, no tracing, no keys. `on` turns every operations feature on at once (`--features` picks some):
+Prometheus metrics on every service (`metrics`), OTLP tracing to a receiver in a process of its own, as a
+collector is (`tracing`; decoding the suite's spans in this process would slow the searches it times), TLS
+on every gRPC port with mTLS between the retriever and the model services (`tls`), a TLS Redis with a
+password (`redis-tls`), and API keys on the retriever (`keys`; the caller sends one, over TLS when `tls` is
+on). Searches alternate between the two suites in short blocks, so that the drift of a loaded machine falls
+on both alike, and every search has a reference image of its own (no cache hit decides a latency). After
+the runs, every metrics endpoint is scraped and the received spans counted, so a
 feature that silently stayed off cannot pass for a cheap one.
 
 Keys (issue 16):
@@ -66,7 +67,9 @@ def _pem_files(ca: trustme.CA, folder: Path, role: str) -> tuple[str, str, str]:
     return str(target / "cert.pem"), str(target / "key.pem"), str(target / "ca.pem")
 
 
-FEATURES = ("metrics", "tracing", "tls", "keys")
+# `tls`: TLS on every gRPC port, mTLS between the retriever and the model services; `redis-tls`: the cache
+# over TLS with a password (rediss://). Apart, so that each one's cost can be told.
+FEATURES = ("metrics", "tracing", "tls", "redis-tls", "keys")
 
 
 @dataclass
@@ -98,9 +101,9 @@ def operations_on(
             on.metrics_ports.append(port)
             on.env[f"{SERVICES[service].env_prefix}METRICS_PORT"] = str(port)
     ca_file = ""
+    ca = trustme.CA()
+    pki = workdir / "pki"
     if "tls" in features:
-        ca = trustme.CA()
-        pki = workdir / "pki"
         for service in Service:
             prefix = SERVICES[service].env_prefix
             cert, key, ca_file = _pem_files(ca, pki, service.value)
@@ -114,6 +117,7 @@ def operations_on(
             "CIR_RETRIEVER_DOWNSTREAM_TLS_KEY_FILE": key,
             TLS_CA_FILE_ENV: ca_file,  # the local suite's start-up probe checks the retriever's port with it
         }
+    if "redis-tls" in features:
         on.redis_tls = RedisTls(*_pem_files(ca, pki, "redis"))
     key_text = ""
     if "keys" in features:

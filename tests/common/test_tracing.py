@@ -5,6 +5,7 @@ call, every one carrying the request id."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -18,9 +19,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir_common import tracing
 from cir_common.cache import RedisCache
-from cir_common.channels import open_channel
+from cir_common.channels import call_downstream, open_channel
 from cir_common.config import ServiceSettings
-from cir_common.request_context import REQUEST_ID_HEADER, outgoing_metadata
+from cir_common.errors import InvalidArgument
+from cir_common.request_context import REQUEST_ID_HEADER
 from cir_common.server import ServiceHost
 from cir_common.service_kit import StageTimer
 from cir_common.telemetry import TELEMETRY
@@ -63,8 +65,9 @@ def test_an_exporter_this_suite_lacks_is_named_in_the_log_and_left_out(caplog):
 
 def _hooks() -> list[list[object]]:
     return [
-        list(TELEMETRY.server_interceptors),
-        list(TELEMETRY.client_interceptors),
+        list(TELEMETRY.rpc_scopes),
+        list(TELEMETRY.call_scopes),
+        list(TELEMETRY.header_sources),
         list(TELEMETRY.stage_scopes),
         list(TELEMETRY.rpc_observers),
     ]
@@ -89,8 +92,9 @@ def test_install_from_the_environment_and_stop(monkeypatch):
     assert started is not None
     try:
         assert started.provider.resource.attributes["service.name"] == "named-by-otel"
-        assert len(TELEMETRY.server_interceptors) == len(before[0]) + 1
-        assert len(TELEMETRY.client_interceptors) == len(before[1]) + 4  # one per kind of call
+        assert TELEMETRY.rpc_scopes[0] is tracing.rpc_span  # outermost
+        assert tracing.call_span in TELEMETRY.call_scopes
+        assert tracing.trace_headers in TELEMETRY.header_sources
         assert tracing.stage_span in TELEMETRY.stage_scopes
         with pytest.raises(RuntimeError, match="already running"):
             tracing.start_tracing("probe", [])
@@ -113,15 +117,20 @@ def test_the_service_name_is_the_services_own_unless_otel_names_one(monkeypatch)
 # --- spans of one request through two servers ------------------------------------------------------------
 
 
-@pytest.fixture
-def spans():
-    """Tracing on in this process for the test, exporting to memory; stopped (hooks removed) after it."""
+def _traced_to_memory() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, exporting to memory; stopped (hooks removed) afterwards."""
     exporter = InMemorySpanExporter()
     started = tracing.start_tracing("probe", [SimpleSpanProcessor(exporter)])
     try:
         yield exporter
     finally:
         started.stop()
+
+
+@pytest.fixture
+def spans():
+    """Tracing on for the test, with the default sampler (every new trace sampled)."""
+    yield from _traced_to_memory()
 
 
 class _Backend(encoder_pb2_grpc.EncoderServiceServicer):
@@ -149,8 +158,8 @@ class _Front(encoder_pb2_grpc.EncoderServiceServicer):
         timer = StageTimer()
         with timer.stage("relay"):
             stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
-            await stub.EmbedTexts(
-                encoder_pb2.EmbedTextsRequest(texts=["a"]), metadata=outgoing_metadata(), timeout=10
+            await call_downstream(
+                EMBED_TEXTS, stub.EmbedTexts, encoder_pb2.EmbedTextsRequest(texts=["a"]), 10
             )
         return encoder_pb2.GetModelInfoResponse(embedding_dim=1)
 
@@ -161,6 +170,40 @@ async def _host(servicer: encoder_pb2_grpc.EncoderServiceServicer) -> ServiceHos
     await host.start()
     await host.set_ready()
     return host
+
+
+class _Recording(_Backend):
+    """The backend, keeping the metadata of each call it serves."""
+
+    def __init__(self, cache: RedisCache) -> None:
+        super().__init__(cache)
+        self.metadata: list[dict[str, str]] = []
+
+    async def EmbedTexts(self, request, context):
+        self.metadata.append(dict(context.invocation_metadata() or ()))
+        return await super().EmbedTexts(request, context)
+
+
+async def _through_two_servers(redis_url: str, metadata: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    """One GetModelInfo through the front to the backend; the metadata the backend saw."""
+    cache = RedisCache(redis_url, connect_timeout_s=5.0, socket_timeout_s=5.0)
+    recording = _Recording(cache)
+    backend = await _host(recording)
+    front_servicer = _Front(f"127.0.0.1:{backend.port}")
+    front = await _host(front_servicer)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)  # never traced
+            await encoder_pb2_grpc.EncoderServiceStub(channel).GetModelInfo(
+                encoder_pb2.GetModelInfoRequest(), metadata=metadata, timeout=10
+            )
+    finally:
+        await front_servicer.channel.close()
+        await front.stop()
+        await backend.stop()
+        await cache.close()
+    return recording.metadata
 
 
 def _by_name(finished: tuple[ReadableSpan, ...], name: str, kind: SpanKind | None = None) -> ReadableSpan:
@@ -174,22 +217,7 @@ def _parent_of(child: ReadableSpan, parent: ReadableSpan) -> bool:
 
 
 async def test_one_request_through_two_servers_is_one_trace(spans, redis_server):
-    cache = RedisCache(redis_server.url, connect_timeout_s=5.0, socket_timeout_s=5.0)
-    backend = await _host(_Backend(cache))
-    front_servicer = _Front(f"127.0.0.1:{backend.port}")
-    front = await _host(front_servicer)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
-            await encoder_pb2_grpc.EncoderServiceStub(channel).GetModelInfo(
-                encoder_pb2.GetModelInfoRequest(), metadata=((REQUEST_ID_HEADER, "req-traced-1"),), timeout=10
-            )
-    finally:
-        await front_servicer.channel.close()
-        await front.stop()
-        await backend.stop()
-        await cache.close()
+    await _through_two_servers(redis_server.url, ((REQUEST_ID_HEADER, "req-traced-1"),))
 
     finished = spans.get_finished_spans()
     front_rpc = _by_name(finished, MODEL_INFO, SpanKind.SERVER)
@@ -213,6 +241,10 @@ async def test_one_request_through_two_servers_is_one_trace(spans, redis_server)
     assert lookup.attributes["server.port"] == redis_server.port
     assert lookup.attributes["db.operation.batch.size"] == 1
     assert lookup.status.status_code == StatusCode.UNSET
+    # OpenTelemetry's RPC conventions, on both ends of each call.
+    for rpc, name in ((front_rpc, "GetModelInfo"), (call, "EmbedTexts"), (backend_rpc, "EmbedTexts")):
+        assert rpc.attributes["rpc.system"] == "grpc" and rpc.attributes["rpc.service"] == SERVICE
+        assert rpc.attributes["rpc.method"] == name and rpc.attributes["rpc.grpc.status_code"] == 0
 
 
 async def test_a_request_without_an_id_gets_one_on_its_spans(spans):
@@ -253,3 +285,59 @@ async def test_a_failed_rpc_marks_its_server_span(spans):
     assert _by_name(finished, EMBED_TEXTS, SpanKind.SERVER).status.status_code == StatusCode.ERROR
     stage = _by_name(finished, "embed_texts")
     assert stage.status.status_code == StatusCode.ERROR and stage.events[0].name == "exception"
+
+
+async def test_a_failed_downstream_call_marks_its_client_span(spans):
+    class Refusing(encoder_pb2_grpc.EncoderServiceServicer):
+        async def EmbedTexts(self, request, context):
+            raise InvalidArgument("texts must not be empty")
+
+    host = await _host(Refusing())
+    channel = open_channel(f"127.0.0.1:{host.port}", 1024 * 1024)
+    try:
+        stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call_downstream(EMBED_TEXTS, stub.EmbedTexts, encoder_pb2.EmbedTextsRequest(), timeout=10)
+    finally:
+        await channel.close()
+        await host.stop()
+    finished = spans.get_finished_spans()
+    client = _by_name(finished, EMBED_TEXTS, SpanKind.CLIENT)
+    server = _by_name(finished, EMBED_TEXTS, SpanKind.SERVER)
+    code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert client.attributes["rpc.grpc.status_code"] == code == server.attributes["rpc.grpc.status_code"]
+    assert client.status.status_code == StatusCode.ERROR  # the caller's call failed
+    # For the server, a bad argument is the caller's fault, not its own (OpenTelemetry's RPC conventions).
+    assert server.status.status_code == StatusCode.UNSET
+
+
+# --- sampling ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sampling_nothing(monkeypatch):
+    """Tracing on with a parent-based sampler that samples no new trace (ratio 0), exporting to memory."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    yield from _traced_to_memory()
+
+
+async def test_an_unsampled_request_makes_no_span_and_passes_the_decision_on(sampling_nothing, redis_server):
+    (seen,) = await _through_two_servers(redis_server.url, ((REQUEST_ID_HEADER, "req-unsampled"),))
+    assert sampling_nothing.get_finished_spans() == ()
+    # The backend was told the trace is not sampled, so it did not start (and sample) a trace of its own.
+    version, trace_id, _, flags = seen["traceparent"].split("-")
+    assert version == "00" and int(trace_id, 16) != 0 and int(flags, 16) & 0x01 == 0  # the sampled bit
+    assert seen[REQUEST_ID_HEADER] == "req-unsampled"
+
+
+async def test_a_sampled_caller_is_followed_through_every_service(sampling_nothing, redis_server):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    caller = f"00-{trace_id}-00f067aa0ba902b7-01"
+    (seen,) = await _through_two_servers(redis_server.url, (("traceparent", caller),))
+    finished = sampling_nothing.get_finished_spans()
+    assert len(finished) == 7  # as in the fully sampled trace above
+    assert {f"{s.context.trace_id:032x}" for s in finished} == {trace_id}
+    assert _by_name(finished, MODEL_INFO, SpanKind.SERVER).parent.span_id == 0x00F067AA0BA902B7
+    call = _by_name(finished, EMBED_TEXTS, SpanKind.CLIENT)
+    assert seen["traceparent"] == f"00-{trace_id}-{call.context.span_id:016x}-01"

@@ -1,7 +1,8 @@
 """Channels from one service of the suite to another (the retriever to the model services).
 
-One place decides how a channel is opened: message limits, load spreading over replicas, retries, TLS, and
-whatever `cir_common.telemetry` adds to every outgoing call (tracing).
+One place decides how a channel is opened (message limits, load spreading over replicas, retries, TLS) and
+how a call goes out on it (`call_downstream`: the request id and trace context as metadata, inside the call
+scopes that `cir_common.telemetry` holds, a CLIENT span when tracing).
 
 With TLS the channel is a `ReloadingChannel`: its credentials follow their files (`cir_common.tls`), and
 since gRPC fixes a channel's credentials when it is made, a change of the files opens a new channel for the
@@ -12,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
+from cir_common.request_context import outgoing_metadata
 from cir_common.telemetry import TELEMETRY
 from cir_common.tls import FileWatch, TlsFiles, TlsMaterial, channel_credentials
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How long a channel replaced after a certificate change may finish its calls before they are cancelled.
 RETIRE_GRACE_S = 600.0
@@ -42,16 +46,26 @@ def open_channel(
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     tls: TlsFiles | None = None,
 ) -> grpc.aio.Channel:
-    """An asyncio channel to `address`; `interceptors` run inside the process-wide ones (tracing).
+    """An asyncio channel to `address`; `interceptors` see every call on it (a test counting calls).
 
     `tls`: trust its CA (the system's CAs when it names none) and present its certificate and key when it
     names them (mTLS); the files are read now (ConfigError when unusable) and again when they change.
     """
-    chain = [*TELEMETRY.client_interceptors, *interceptors]
+    chain = list(interceptors)
     options = channel_options(max_message_bytes)
     if tls is None:
         return grpc.aio.insecure_channel(address, options=options, interceptors=chain or None)
     return ReloadingChannel(address, FileWatch(tls), options, chain)
+
+
+async def call_downstream(
+    method: str, rpc: Callable[..., Awaitable[T]], request: Any, timeout: float | None
+) -> T:
+    """One unary call to another service: `rpc` (a stub's method) with `request`, inside the call scopes
+    (a CLIENT span named `method`, the full method name, when tracing), carrying the request id and the
+    trace context."""
+    with TELEMETRY.call_scope(method):
+        return await rpc(request, timeout=timeout, metadata=outgoing_metadata())
 
 
 class ReloadingChannel(grpc.aio.Channel):

@@ -12,6 +12,7 @@ from typing import TextIO
 
 from opentelemetry import trace
 
+from cir_common.telemetry import TELEMETRY
 from cir_common.vocabulary import LogFormat
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -36,9 +37,11 @@ def reset_request_id(token: contextvars.Token[str]) -> None:
 
 
 def outgoing_metadata() -> tuple[tuple[str, str], ...]:
-    """Metadata for downstream calls, so one request id follows a query through every service."""
+    """Metadata for downstream calls, so one request id (and, when tracing, one trace) follows a query
+    through every service."""
     rid = _request_id.get()
-    return () if rid == "-" else ((REQUEST_ID_HEADER, rid),)
+    own = () if rid == "-" else ((REQUEST_ID_HEADER, rid),)
+    return (*own, *TELEMETRY.outgoing_headers())
 
 
 class _RequestIdFilter(logging.Filter):

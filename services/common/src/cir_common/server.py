@@ -15,6 +15,7 @@ around all of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
@@ -68,8 +69,7 @@ class _ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(_ALWAYS_OPEN_PREFIXES):
             return handler
         incoming = dict(handler_call_details.invocation_metadata or ())
-        request_id = incoming.get(REQUEST_ID_HEADER)
-        return _wrap_handler(handler, method, request_id, self._host)
+        return _wrap_handler(handler, method, incoming, self._host)
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,9 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler, method: str, request_id: str | None, host: ServiceHost
+    handler: grpc.RpcMethodHandler, method: str, incoming: Mapping[str, str], host: ServiceHost
 ) -> grpc.RpcMethodHandler:
+    request_id = incoming.get(REQUEST_ID_HEADER)
     request_streaming = bool(handler.request_streaming)
     # A stream holds its slot for as long as it lasts: its time says nothing of when a slot frees up.
     timed = not (request_streaming or handler.response_streaming)
@@ -174,34 +175,39 @@ def _wrap_handler(
         TELEMETRY.rpc_done(method, code, elapsed_s)
         log.debug("%s done in %.1f ms", method, elapsed_s * 1000.0)
 
-    def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+    @contextlib.asynccontextmanager
+    async def serving(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """One call of the RPC, whatever its shape: telemetry, request id, errors to statuses, the finish."""
+        # Outermost: the RPC scopes (the SERVER span) cover the request id, admission and errors.
+        with TELEMETRY.rpc_scope(method, incoming):
             token = bind_request_id(request_id)
             started = time.perf_counter()
             cancelled = False
             try:
-                request = await before(context, request_or_iterator)
-                async with host.admission.admit(context.time_remaining, timed=timed):
-                    return await behavior(request, context)
+                yield
             except asyncio.CancelledError:
                 cancelled = True
                 raise
             except grpc.aio.AbortError:
                 raise
             except Exception as error:  # noqa: BLE001 - every error becomes a status
-                await fail(context, error)
+                await fail(context, error)  # aborts: raises AbortError
             finally:
                 finish(context, started, cancelled)
                 reset_request_id(token)
+
+    def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with serving(context):
+                request = await before(context, request_or_iterator)
+                async with host.admission.admit(context.time_remaining, timed=timed):
+                    return await behavior(request, context)
 
         return wrapped
 
     def wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            token = bind_request_id(request_id)
-            started = time.perf_counter()
-            cancelled = False
-            try:
+            async with serving(context):
                 request = await before(context, request_or_iterator)
                 async with host.admission.admit(context.time_remaining, timed=timed):
                     result = behavior(request, context)
@@ -210,16 +216,6 @@ def _wrap_handler(
                             yield item
                     else:
                         await result
-            except asyncio.CancelledError:
-                cancelled = True
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:  # noqa: BLE001
-                await fail(context, error)
-            finally:
-                finish(context, started, cancelled)
-                reset_request_id(token)
 
         return wrapped
 
@@ -272,9 +268,7 @@ class ServiceHost:
         self.admission = AdmissionGate(
             settings.max_concurrent_rpcs, settings.max_queued_rpcs, service=display_name
         )
-        self.server = grpc.aio.server(
-            interceptors=[*TELEMETRY.server_interceptors, _ServiceInterceptor(self)], options=options
-        )
+        self.server = grpc.aio.server(interceptors=[_ServiceInterceptor(self)], options=options)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:

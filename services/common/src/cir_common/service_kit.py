@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import ExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -131,9 +131,7 @@ class StageTimer:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
-        with ExitStack() as scopes:  # tracing spans, when installed (cir_common.telemetry)
-            for scope in TELEMETRY.stage_scopes:
-                scopes.enter_context(scope(name))
+        with TELEMETRY.stage_scope(name):  # a tracing span, when installed (cir_common.telemetry)
             try:
                 yield
             finally:

@@ -8,19 +8,27 @@ certificates, sampler (`OTEL_TRACES_SAMPLER`), batching (`OTEL_BSP_*`), propagat
 W3C trace context by default), resource (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`, else the service's
 own name). OTLP is sent over gRPC.
 
-When on, `cir_common.telemetry` gets: the gRPC server interceptor (a SERVER span per RPC, continuing the
-caller's trace), the client interceptors on every channel to another service (a CLIENT span per call, the
-trace context sent along), a span around every stage of a request (`StageTimer.stage`), and the request id
+When on, `cir_common.telemetry` gets: an RPC scope (a SERVER span per RPC this process serves, continuing
+the caller's trace), a call scope (a CLIENT span per call to another service) and the trace context as
+metadata of every such call, a span around every stage of a request (`StageTimer.stage`), and the request id
 as the attribute `cir.request_id` of every span of a request. `span()` adds one more span (the Redis calls
-of `cir_common.cache`); while tracing is off it costs a check of one module variable.
+of `cir_common.cache`); while tracing is off it costs a check of one module variable. The RPC spans follow
+OpenTelemetry's RPC conventions (names `/package.Service/Method`, `rpc.system`, `rpc.service`,
+`rpc.method`, `rpc.grpc.status_code`), as opentelemetry-instrumentation-grpc writes them; that package's
+interceptors are not used because they cost as much as the rest of tracing (telemetry's module docstring).
+
+Under a parent-based sampler (the default, and `parentbased_traceidratio`), a request that its first
+service did not sample makes no span anywhere after it: each service sees the unsampled trace context,
+passes it on to the services it calls, and skips the spans the sampler would only drop. So with 10% of
+searches sampled, nine in ten cost a context lookup per span site, not a span.
 
 The spans come from a TracerProvider of this module's own (not the process-global one), so tests can start
-and stop tracing in one process. The OTLP exporter and the gRPC instrumentation are imported only when tracing
-starts.
+and stop tracing in one process. The OTLP exporter is imported only when tracing starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -31,10 +39,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased
+from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from cir_common.request_context import current_request_id
@@ -46,11 +56,26 @@ TRACER_NAME = "cir"
 REQUEST_ID_ATTRIBUTE = "cir.request_id"
 STAGE_ATTRIBUTE = "cir.stage"
 EXPORTERS = ("otlp", "console")
-
-# Health checks (probes every few seconds) and reflection are no part of any request: no spans for them.
-_UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
+# OpenTelemetry's RPC semantic conventions.
+RPC_SYSTEM = "rpc.system"
+RPC_SERVICE = "rpc.service"
+RPC_METHOD = "rpc.method"
+RPC_STATUS_CODE = "rpc.grpc.status_code"
+# The codes a server span counts as its own failure (the conventions: the others are the caller's doing).
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 _tracer: trace.Tracer | None = None
+# The sampler follows the parent: no span under an unsampled parent would record (see the module docstring).
+_follows_parent = False
 T = TypeVar("T")
 
 
@@ -94,11 +119,87 @@ def span(
     An exception leaving the block is recorded on the span and sets its status to ERROR.
     """
     tracer = _tracer
-    if tracer is None:
+    if tracer is None or _unsampled_parent():
         yield trace.INVALID_SPAN
         return
     with tracer.start_as_current_span(name, kind=kind, attributes=attributes) as current:
         yield current
+
+
+def _unsampled_parent() -> bool:
+    """The current span is an unsampled one that a parent-based sampler follows: a child would not record."""
+    if not _follows_parent:
+        return False
+    parent = trace.get_current_span().get_span_context()
+    return parent.is_valid and not parent.trace_flags.sampled
+
+
+def _rpc_attributes(method: str) -> dict[str, AttributeValue]:
+    service, _, name = method.lstrip("/").partition("/")
+    return {RPC_SYSTEM: "grpc", RPC_SERVICE: service, RPC_METHOD: name}
+
+
+@contextmanager
+def rpc_span(method: str, metadata: Mapping[str, str]) -> Iterator[None]:
+    """The SERVER span of an RPC this process serves (an RPC scope), child of the caller's span when the
+    metadata carries one; its status code is set when the RPC finishes (`_tag_server_span`)."""
+    tracer = _tracer
+    if tracer is None:
+        yield
+        return
+    caller = propagate.extract(metadata)
+    parent = trace.get_current_span(caller).get_span_context()
+    if _follows_parent and parent.is_valid and not parent.trace_flags.sampled:
+        # Not sampled upstream: no span here, but the calls this RPC makes pass the decision on.
+        token = context.attach(caller)
+        try:
+            yield
+        finally:
+            context.detach(token)
+        return
+    with tracer.start_as_current_span(
+        method,
+        context=caller,
+        kind=trace.SpanKind.SERVER,
+        attributes=_rpc_attributes(method),
+        record_exception=False,  # an error is the RPC's status (set at the end), not an exception event
+        set_status_on_exception=False,
+    ):
+        yield
+
+
+@contextmanager
+def call_span(method: str) -> Iterator[None]:
+    """The CLIENT span of a call to another service (a call scope); the call's trace context points at it."""
+    tracer = _tracer
+    if tracer is None or _unsampled_parent():
+        yield
+        return
+    with tracer.start_as_current_span(
+        method,
+        kind=trace.SpanKind.CLIENT,
+        attributes=_rpc_attributes(method),
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as current:
+        try:
+            yield
+        except grpc.aio.AioRpcError as error:
+            current.set_attribute(RPC_STATUS_CODE, error.code().value[0])
+            current.set_status(Status(StatusCode.ERROR, f"{error.code().name}: {error.details()}"))
+            raise
+        except asyncio.CancelledError:  # the caller gave up on it (gRPC cancels the call)
+            current.set_attribute(RPC_STATUS_CODE, grpc.StatusCode.CANCELLED.value[0])
+            current.set_status(Status(StatusCode.ERROR, grpc.StatusCode.CANCELLED.name))
+            raise
+        current.set_attribute(RPC_STATUS_CODE, grpc.StatusCode.OK.value[0])
+
+
+def trace_headers() -> list[tuple[str, str]]:
+    """The current trace context as metadata (W3C `traceparent` unless OTEL_PROPAGATORS says otherwise)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return list(carrier.items())
 
 
 def stage_span(stage: str) -> AbstractContextManager[trace.Span]:
@@ -107,22 +208,17 @@ def stage_span(stage: str) -> AbstractContextManager[trace.Span]:
 
 
 def _tag_server_span(method: str, code: grpc.StatusCode, seconds: float) -> None:
-    """An RPC finished (`Telemetry.rpc_observers`), still inside its SERVER span: the request id is known now.
-
-    The server span starts before the server's own interceptor binds the request id (it is the outermost
-    interceptor), so the id is added here rather than when the span starts.
-    """
+    """An RPC finished (`Telemetry.rpc_observers`), still inside its SERVER span: its status code, and the
+    request id, known only once the server's own code bound it (the span started before)."""
+    current = trace.get_current_span()
+    if not current.is_recording():
+        return
     request_id = current_request_id()
     if request_id != "-":
-        trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
-
-
-def _traced(details: object) -> bool:
-    """The gRPC instrumentation's filter: every method but health checks and reflection."""
-    method = getattr(details, "method", "")
-    if isinstance(method, bytes):
-        method = method.decode()
-    return not str(method).lstrip("/").startswith(_UNTRACED_SERVICES)
+        current.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+    current.set_attribute(RPC_STATUS_CODE, code.value[0])
+    if code in _SERVER_ERRORS:
+        current.set_status(Status(StatusCode.ERROR, code.name))
 
 
 def _service_resource(service: str) -> Resource:
@@ -151,17 +247,15 @@ class Tracing:
         self._unregister.append(lambda: hooks.remove(hook) if hook in hooks else None)
 
     def _register(self) -> None:
-        from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-
-        global _tracer
+        global _tracer, _follows_parent
         hooks = TELEMETRY
-        # Outermost: the server span covers the server's own interceptor (request id, errors, admission).
-        server = aio_server_interceptor(tracer_provider=self.provider, filter_=_traced)
-        self._add(hooks.server_interceptors, server, outermost=True)
-        for client in reversed(aio_client_interceptors(tracer_provider=self.provider, filter_=_traced)):
-            self._add(hooks.client_interceptors, client, outermost=True)
+        # First: the server span covers the server's own code (request id, errors, admission).
+        self._add(hooks.rpc_scopes, rpc_span, outermost=True)
+        self._add(hooks.call_scopes, call_span, outermost=True)
+        self._add(hooks.header_sources, trace_headers)
         self._add(hooks.stage_scopes, stage_span)
         self._add(hooks.rpc_observers, _tag_server_span)
+        _follows_parent = isinstance(self.provider.sampler, ParentBased)
         _tracer = self.provider.get_tracer(TRACER_NAME)
 
     def flush(self, timeout_ms: int = 30_000) -> bool:
@@ -170,7 +264,7 @@ class Tracing:
 
     def stop(self) -> None:
         """Unregisters the hooks, exports what is left and shuts the exporters down (idempotent)."""
-        global _tracer
+        global _tracer, _follows_parent
         with self._lock:
             if self._stopped:
                 return
@@ -179,6 +273,7 @@ class Tracing:
             unregister()
         self._unregister.clear()
         _tracer = None
+        _follows_parent = False
         self.provider.shutdown()
         atexit.unregister(self.stop)
 

@@ -9,9 +9,9 @@ module sees a stub or a generated message of the model services.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,7 +20,7 @@ from cir.captioner.v1 import captioner_pb2, captioner_pb2_grpc
 from cir.common.v1 import common_pb2
 from cir.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from cir.reasoner.v1 import reasoner_pb2, reasoner_pb2_grpc
-from cir_common.channels import open_channel
+from cir_common.channels import call_downstream, open_channel
 from cir_common.errors import CirError, DeadlineExceeded
 from cir_common.proto_enums import (
     CAPTION_SELECTION_TO_PROTO,
@@ -28,12 +28,18 @@ from cir_common.proto_enums import (
     EDIT_MODE_TO_PROTO,
     PREPROCESSING_TO_PROTO,
 )
-from cir_common.request_context import RETRY_AFTER_HEADER, outgoing_metadata
+from cir_common.request_context import RETRY_AFTER_HEADER
 from cir_common.tls import TlsFiles
 from cir_common.vectors import vector_from_proto, vector_to_proto
-from cir_common.vocabulary import CaptionSelection, DecodingVariant, EditMode, Preprocessing, Service
+from cir_common.vocabulary import (
+    SERVICES,
+    CaptionSelection,
+    DecodingVariant,
+    EditMode,
+    Preprocessing,
+    Service,
+)
 
-T = TypeVar("T")
 PACKED = common_pb2.VECTOR_FORMAT_PACKED_F32
 
 
@@ -175,13 +181,20 @@ def _retry_after_ms(error: grpc.aio.AioRpcError) -> int | None:
 
 
 class _Service:
-    def __init__(self, name: Service, channel: grpc.aio.Channel) -> None:
+    def __init__(self, name: Service, channel: grpc.aio.Channel, stub: object) -> None:
         self.name = name
         self._channel = channel
+        self._stub = stub
+        self._grpc_name = SERVICES[name].grpc_name
 
-    async def _call(self, call: Awaitable[T], budget: Budget) -> T:
+    async def _call(
+        self, method: str, request: Any, budget: Budget, stage_budget_s: float | None = None
+    ) -> Any:
+        """`method` of the service's stub with `request`, within the budget (capped by `stage_budget_s`)."""
+        rpc = getattr(self._stub, method)
         try:
-            return await call
+            full_method = f"/{self._grpc_name}/{method}"
+            return await call_downstream(full_method, rpc, request, budget.timeout(stage_budget_s))
         except grpc.aio.AioRpcError as error:
             raise DownstreamError(
                 self.name,
@@ -191,14 +204,10 @@ class _Service:
                 _retry_after_ms(error),
             ) from error
 
-    def _options(self, budget: Budget, stage_budget_s: float | None) -> dict[str, object]:
-        return {"timeout": budget.timeout(stage_budget_s), "metadata": outgoing_metadata()}
-
 
 class EncoderClient(_Service):
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(Service.ENCODER, channel)
-        self._stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+        super().__init__(Service.ENCODER, channel, encoder_pb2_grpc.EncoderServiceStub(channel))
 
     async def embed_images(
         self, images: Sequence[bytes], preprocessing: Preprocessing, budget: Budget
@@ -208,13 +217,13 @@ class EncoderClient(_Service):
             preprocessing=PREPROCESSING_TO_PROTO[preprocessing],
             vector_format=PACKED,
         )
-        response = await self._call(self._stub.EmbedImages(request, **self._options(budget, None)), budget)
+        response = await self._call("EmbedImages", request, budget)
         vectors = np.stack([vector_from_proto(e) for e in response.embeddings])
         return ImageEmbeddings(vectors, _identity(response.model))
 
     async def embed_texts(self, texts: Sequence[str], budget: Budget) -> np.ndarray:
         request = encoder_pb2.EmbedTextsRequest(texts=list(texts), vector_format=PACKED)
-        response = await self._call(self._stub.EmbedTexts(request, **self._options(budget, None)), budget)
+        response = await self._call("EmbedTexts", request, budget)
         return np.stack([vector_from_proto(e.embedding) for e in response.embeddings])
 
     async def embed_composed_prompt(
@@ -230,8 +239,7 @@ class EncoderClient(_Service):
             mapping_network=mapping_network,
             vector_format=PACKED,
         )
-        call = self._stub.EmbedComposedPrompts(request, **self._options(budget, None))
-        response = await self._call(call, budget)
+        response = await self._call("EmbedComposedPrompts", request, budget)
         return vector_from_proto(response.embeddings[0].embedding)
 
     async def embed_instructcir_query(
@@ -256,8 +264,7 @@ class EncoderClient(_Service):
             preprocessing=PREPROCESSING_TO_PROTO[preprocessing],
             vector_format=PACKED,
         )
-        call = self._stub.EmbedInstructCirQueries(request, **self._options(budget, stage_budget_s))
-        response = await self._call(call, budget)
+        response = await self._call("EmbedInstructCirQueries", request, budget, stage_budget_s)
         return InstructCirQueryEmbedding(
             vector_from_proto(response.embeddings[0]), _identity(response.model), response.fused
         )
@@ -272,14 +279,12 @@ class EncoderClient(_Service):
             normalize=True,
             vector_format=PACKED,
         )
-        call = self._stub.EmbedInstructCirTargets(request, **self._options(budget, None))
-        response = await self._call(call, budget)
+        response = await self._call("EmbedInstructCirTargets", request, budget)
         vectors = np.stack([vector_from_proto(e) for e in response.embeddings])
         return ImageEmbeddings(vectors, _identity(response.model))
 
     async def model_info(self, budget: Budget) -> EncoderInfo:
-        call = self._stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), **self._options(budget, None))
-        info = await self._call(call, budget)
+        info = await self._call("GetModelInfo", encoder_pb2.GetModelInfoRequest(), budget)
         instructcir = None
         if info.HasField("instructcir") and info.instructcir.model.name:
             instructcir = InstructCirInfo(
@@ -299,8 +304,7 @@ class EncoderClient(_Service):
 
 class CaptionerClient(_Service):
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(Service.CAPTIONER, channel)
-        self._stub = captioner_pb2_grpc.CaptionerServiceStub(channel)
+        super().__init__(Service.CAPTIONER, channel, captioner_pb2_grpc.CaptionerServiceStub(channel))
 
     async def captions(
         self,
@@ -315,15 +319,13 @@ class CaptionerClient(_Service):
             num_captions=num_captions,
             decoding=captioner_pb2.DecodingParameters(variant=DECODING_TO_PROTO[decoding_variant]),
         )
-        call = self._stub.GenerateCaptions(request, **self._options(budget, stage_budget_s))
-        response = await self._call(call, budget)
+        response = await self._call("GenerateCaptions", request, budget, stage_budget_s)
         return Captions([list(r.captions) for r in response.results], _identity(response.model))
 
 
 class ReasonerClient(_Service):
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(Service.REASONER, channel)
-        self._stub = reasoner_pb2_grpc.ReasonerServiceStub(channel)
+        super().__init__(Service.REASONER, channel, reasoner_pb2_grpc.ReasonerServiceStub(channel))
 
     async def edit_captions(
         self,
@@ -337,8 +339,9 @@ class ReasonerClient(_Service):
         request = reasoner_pb2.EditCaptionsRequest(
             captions=list(captions), instruction=instruction, mode=EDIT_MODE_TO_PROTO[mode], template=template
         )
-        call = self._stub.EditCaptions(request, **self._options(budget, stage_budget_s))
-        return [_reasoned(e) for e in (await self._call(call, budget)).edits]
+        return [
+            _reasoned(e) for e in (await self._call("EditCaptions", request, budget, stage_budget_s)).edits
+        ]
 
     async def added_objects(
         self,
@@ -353,8 +356,7 @@ class ReasonerClient(_Service):
             instruction=instruction,
             caption_selection=CAPTION_SELECTION_TO_PROTO[caption_selection],
         )
-        call = self._stub.InferAddedObjects(request, **self._options(budget, stage_budget_s))
-        return _reasoned((await self._call(call, budget)).objects)
+        return _reasoned((await self._call("InferAddedObjects", request, budget, stage_budget_s)).objects)
 
 
 class ModelServices:
