@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 
 from cir.common.v1 import common_pb2
 from cir_common.cache import (
+    MAX_PENDING_WRITES,
+    WRITE_TASK_NAME,
     Cache,
     MemoryCache,
     RedisCache,
@@ -398,6 +400,95 @@ async def test_refusals_from_a_reachable_redis_do_not_open_the_breaker(start_red
     finally:
         await raw.aclose()
         await cache.close()
+
+
+# --- write-behind ------------------------------------------------------------------------------------------
+
+
+def _writes_in_flight() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == WRITE_TASK_NAME and not t.done()]
+
+
+async def test_a_write_behind_returns_before_redis_has_it_and_flush_waits_for_it(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, probe_interval_s=NO_PROBE_S, **PATIENT)
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        await cache.set("warm", b"up")  # a connection is open before the server stops answering
+        server.pause()
+        await cache.set_many({"k": b"v"}, wait=False)  # returns although Redis cannot answer
+        assert len(_writes_in_flight()) == 1 and cache.stats()["writes"] == 1
+        server.resume()
+        await cache.flush()
+        assert not _writes_in_flight() and cache.stats()["writes"] == 2
+        assert await raw.get("k") == b"v"
+        assert cache.stats()["errors"] == 0 and cache.state == "closed"
+    finally:
+        server.resume()
+        await raw.aclose()
+        await cache.close()
+
+
+async def test_closing_the_cache_lands_the_writes_still_in_flight(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, probe_interval_s=NO_PROBE_S, **PATIENT)
+    raw = aioredis.Redis.from_url(server.url)
+    try:
+        for i in range(10):
+            await cache.set_many({f"late:{i}": str(i).encode()}, wait=False)
+        await cache.close()
+        assert await raw.mget([f"late:{i}" for i in range(10)]) == [str(i).encode() for i in range(10)]
+        assert cache.stats()["writes"] == 10
+    finally:
+        await raw.aclose()
+
+
+async def test_more_writes_than_may_be_in_flight_wait_for_redis(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, probe_interval_s=NO_PROBE_S, **PATIENT)
+    try:
+        await cache.set("warm", b"up")
+        server.pause()
+        for i in range(MAX_PENDING_WRITES):
+            await cache.set_many({f"w:{i}": b"w"}, wait=False)
+        assert len(_writes_in_flight()) == MAX_PENDING_WRITES
+        # One more: the writer waits for its own round trip instead of adding to the pile.
+        held = asyncio.create_task(cache.set_many({"one-more": b"w"}, wait=False))
+        await asyncio.sleep(0.2)
+        assert not held.done()
+        server.resume()
+        await held
+        await cache.flush()
+        assert cache.stats()["writes"] == 1 + MAX_PENDING_WRITES + 1 and cache.stats()["errors"] == 0
+    finally:
+        server.resume()
+        await cache.close()
+
+
+async def test_a_failed_write_behind_counts_towards_the_breaker_and_the_value_stays_in_process(start_redis):
+    server = start_redis()
+    cache = RedisCache(server.url, failure_threshold=1, probe_interval_s=NO_PROBE_S, **PATIENT)
+    try:
+        await cache.set("warm", b"up")
+        server.kill()
+        await cache.set_many({"k": b"v"}, wait=False)
+        await cache.flush()
+        stats = cache.stats()
+        assert (stats["errors"], stats["writes"], stats["breaker_opens"]) == (1, 1, 1)
+        assert cache.state == "open"
+        assert await cache.get("k") == b"v"  # from the in-process LRU, Redis left alone
+        # With the breaker open nothing is sent, in the background or not.
+        await cache.set_many({"k2": b"w"}, wait=False)
+        assert not _writes_in_flight() and cache.stats()["skipped"] >= 1
+    finally:
+        await cache.close()
+
+
+async def test_memory_cache_writes_are_done_when_set_many_returns():
+    cache = MemoryCache(1024)
+    await cache.set_many({"k": b"v"}, wait=False)
+    await cache.flush()
+    assert await cache.get("k") == b"v"
 
 
 async def test_unreachable_redis_at_start_never_fails_a_request(caplog):

@@ -212,6 +212,21 @@ def _kinds(client: redis.Redis) -> set[str]:
     return {key.split(b":")[2].decode() for key in client.scan_iter(match="cir:*", count=1000)}
 
 
+def _settled(client: redis.Redis, at_least: int = 0) -> int:
+    """The number of keys in Redis once it is at least `at_least` and has not changed for half a second:
+    the services store what they computed in the background (write-behind), a moment after they answer."""
+    last, since = client.dbsize(), time.monotonic()
+    deadline = since + WAIT_BOUND_S
+    while last < at_least or time.monotonic() - since < 0.5:
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {WAIT_BOUND_S:.0f} s waiting for Redis to hold {at_least} keys")
+        time.sleep(0.05)
+        now = client.dbsize()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def _breaker_changes(log_path: Path) -> list[str]:
     """A service's breaker opening and closing, as its cache logged them."""
     text = log_path.read_text(errors="replace")
@@ -249,6 +264,7 @@ def test_searches_ride_out_a_redis_outage_and_the_suite_reconnects(suite, tmp_pa
     # Inputs of the direct calls, apart from the mix's (other images, other texts).
     before_image, during_image, after_image = (_png(_square((i, 2 * i, 3 * i))) for i in (1, 2, 3))
     try:
+        _settled(client)  # the mix's results are written behind its answers
         kinds_before = _kinds(client)
         assert {"clip_image", "blip2_captions"} <= kinds_before, kinds_before
         assert any(kind.startswith("reasoner") for kind in kinds_before), kinds_before
@@ -293,8 +309,10 @@ def test_searches_ride_out_a_redis_outage_and_the_suite_reconnects(suite, tmp_pa
         noise = np.random.default_rng(3).integers(0, 256, (48, 48, 3), np.uint8)
         request.reference_image.data = _png(Image.fromarray(noise))
         stub.Search(request, timeout=120)
-        assert "clip_image" in _kinds(client)
+        _wait_until(lambda: "clip_image" in _kinds(client), "the new embedding to reach Redis")
+        written = _settled(client)
         assert services.cache_hits("after the outage", after_image) == (False, False, False)
+        _settled(client, written + 3)  # each service's new result has reached Redis
         hits = int(client.info("stats")["keyspace_hits"])
         assert services.cache_hits("after the outage", after_image) == (True, True, True)
         assert int(client.info("stats")["keyspace_hits"]) >= hits + 3  # read from Redis: one per service

@@ -10,6 +10,7 @@ local suite's start-up wait probes the TLS ports as the images' health check doe
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import grpc
@@ -158,7 +159,11 @@ def test_a_search_goes_over_tls_and_mtls_and_the_cache_is_a_tls_redis(suite, stu
     assert suite.redis is not None and suite.redis.url.startswith("rediss://:tls-suite%2Fsecret@")
     cache = redis.Redis.from_url(suite.redis.url, ssl_ca_certs=str(pki.files("redis")[2]))
     try:
-        assert cache.dbsize() > 0  # the model services wrote their results through rediss://
+        # The model services write their results through rediss://, just behind their answers.
+        deadline = time.monotonic() + 60
+        while cache.dbsize() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cache.dbsize() > 0
     finally:
         cache.close()
 

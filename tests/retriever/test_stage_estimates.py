@@ -5,10 +5,11 @@ Fed known durations, never timed: what is under test is the arithmetic of the de
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cir_common.errors import ConfigError
-from cir_retriever.latency import StageEstimates
+from cir_retriever.latency import StageEstimates, quantile
 
 
 def test_a_stage_never_observed_has_no_estimate_and_may_always_run():
@@ -38,6 +39,13 @@ def test_the_estimate_is_the_quantile_of_the_recent_window():
     assert median.snapshot() == {"edit_captions": 6.0}  # window 7, 200, 4, 6, 1
     median.observe("other", -3.0)  # a clock step backwards is no negative duration
     assert median.estimate_ms("other") == 0.0
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 64, 257])
+def test_the_quantile_interpolates_between_ranks_as_numpy_does(size):
+    values = sorted(np.random.default_rng(size).exponential(50.0, size).tolist())
+    for q in (0.0, 0.1, 0.25, 0.5, 0.9, 0.95, 0.99, 1.0):
+        assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)), rel=1e-12, abs=1e-12)
 
 
 def test_stages_are_estimated_separately_and_unknown_ones_count_zero():

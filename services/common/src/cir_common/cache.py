@@ -75,13 +75,24 @@ T = TypeVar("T")
 class Cache(Protocol):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
-    async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> None: ...
+    async def set_many(
+        self, items: Mapping[str, bytes], ttl_s: int | None = None, *, wait: bool = True
+    ) -> None:
+        """Store `items`. `wait=False`: this process reads them back at once, but the shared store may get
+        them a moment after the call returns (write-behind: a request does not wait for the round trip)."""
+        ...
 
     async def get(self, key: str) -> bytes | None: ...
 
     async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None: ...
 
-    async def close(self) -> None: ...
+    async def flush(self) -> None:
+        """Returns once every write begun so far has reached the shared store (or failed)."""
+        ...
+
+    async def close(self) -> None:
+        """Flushes, then lets go of every connection."""
+        ...
 
     def describe(self) -> str: ...
 
@@ -134,7 +145,9 @@ class MemoryCache:
             metrics.cache_lookups(keys, out)
         return out
 
-    async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> None:
+    async def set_many(
+        self, items: Mapping[str, bytes], ttl_s: int | None = None, *, wait: bool = True
+    ) -> None:
         _check_ttl(ttl_s)
         expires = None if ttl_s is None else time.monotonic() + ttl_s
         with self._lock:
@@ -160,6 +173,9 @@ class MemoryCache:
 
     async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         await self.set_many({key: value}, ttl_s)
+
+    async def flush(self) -> None:
+        return None  # every write is done when set_many returns
 
     async def close(self) -> None:
         with self._lock:
@@ -196,6 +212,10 @@ DEFAULT_BREAKER_FAILURES = 3
 DEFAULT_PROBE_INTERVAL_S = 2.0
 DEFAULT_FALLBACK_BYTES = 256 * 1024 * 1024
 PROBE_TASK_NAME = "cir-cache-probe"
+WRITE_TASK_NAME = "cir-cache-write"
+# Write-behind writes in flight at most; past this a writer waits for its own round trip, so a Redis slower
+# than the services' results holds them back instead of piling up tasks and memory.
+MAX_PENDING_WRITES = 64
 # A Redis that refuses calls (e.g. writes when out of memory) refuses every one: say so once in a while.
 _REFUSAL_LOG_EVERY_S = 60.0
 
@@ -257,6 +277,7 @@ class RedisCache:
         self._generation = 0
         self._consecutive_failures = 0
         self._probe_task: asyncio.Task[None] | None = None
+        self._pending_writes: set[asyncio.Task[None]] = set()
         self._closed = False
         self._hits = 0
         self._misses = 0
@@ -375,7 +396,11 @@ class RedisCache:
         metrics.cache_lookups(keys, values)
         return values
 
-    async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> None:
+    async def set_many(
+        self, items: Mapping[str, bytes], ttl_s: int | None = None, *, wait: bool = True
+    ) -> None:
+        """With `wait=False` the Redis write runs in the background (`flush` waits for it); the in-process
+        LRU has the items when this returns, so this process's next read finds them either way."""
         _check_ttl(ttl_s)
         if not items:
             return
@@ -386,6 +411,25 @@ class RedisCache:
         if self._open:
             self._skipped += 1
             return
+        if wait or self._closed or len(self._pending_writes) >= MAX_PENDING_WRITES:
+            await self._write(items, ttl)
+            return
+        task = asyncio.get_running_loop().create_task(self._write(items, ttl), name=WRITE_TASK_NAME)
+        self._pending_writes.add(task)
+        task.add_done_callback(self._write_done)
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        self._pending_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Redis failures are handled inside; anything else is a bug, and nobody awaits this task.
+            log.error("a background cache write raised", exc_info=task.exception())
+
+    async def flush(self) -> None:
+        while self._pending_writes:
+            await asyncio.gather(*self._pending_writes, return_exceptions=True)
+
+    async def _write(self, items: dict[str, bytes], ttl: int | None) -> None:
+        """One pipelined write of `items` to Redis (the in-process LRU already has them)."""
         client = self._client
 
         async def write() -> bool:
@@ -410,6 +454,8 @@ class RedisCache:
         await self.set_many({key: value}, ttl_s)
 
     async def close(self) -> None:
+        # Writes still in flight land first (each is bounded by the timeouts): a graceful stop loses none.
+        await self.flush()
         self._closed = True
         task, self._probe_task = self._probe_task, None
         if task is not None:

@@ -24,6 +24,7 @@ async def get_or_compute(
     """Values for every key; `compute_missing(indices)` is called once, with the indices of the misses.
 
     Duplicate keys in one call are computed once. With `bypass` the cache is neither read nor written.
+    What was computed is stored without waiting for the shared store (`Cache.set_many(wait=False)`).
     """
     found: list[bytes | None] = [None] * len(keys) if bypass else await cache.get_many(list(keys))
     first_index: dict[str, int] = {}
@@ -37,7 +38,9 @@ async def get_or_compute(
         results = await compute_missing(missing)
         computed = {keys[i]: value for i, value in zip(missing, results, strict=True)}
         if not bypass:
-            await cache.set_many(computed)
+            # Write-behind: the caller has its values now; the shared cache gets them a moment later
+            # (this process at once), so no request waits for a Redis round trip to store what it computed.
+            await cache.set_many(computed, wait=False)
     values = [found[i] if found[i] is not None else computed[key] for i, key in enumerate(keys)]
     hits = [value is not None for value in found]
     return Memoized(values=values, hits=hits)  # type: ignore[arg-type]

@@ -342,6 +342,19 @@ def strategy_label(strategy: str) -> Iterator[None]:
         _STRATEGY.reset(token)
 
 
+_CHILDREN: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
+
+
+def _child(family: Counter | Histogram, *values: str) -> Any:
+    """`family.labels(*values)`, remembered: the label sets on the request path are few and fixed (methods,
+    codes, stages, kinds), and prometheus_client checks and converts the values again at every call."""
+    key = (family, values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = family.labels(*values)
+    return child
+
+
 @lru_cache(maxsize=512)
 def _method_labels(full_method: str) -> tuple[str, str]:
     """ "/cir.encoder.v1.EncoderService/EmbedTexts" -> ("cir.encoder.v1.EncoderService", "EmbedTexts")."""
@@ -353,21 +366,21 @@ def _method_labels(full_method: str) -> tuple[str, str]:
 def observe_rpc(full_method: str, code: grpc.StatusCode, seconds: float) -> None:
     """A finished RPC (a `cir_common.telemetry` observer)."""
     service, method = _method_labels(full_method)
-    RPC_HANDLED.labels(service, method, code.name).inc()
-    RPC_SECONDS.labels(service, method).observe(seconds)
+    _child(RPC_HANDLED, service, method, code.name).inc()
+    _child(RPC_SECONDS, service, method).observe(seconds)
 
 
 def observe_stage(stage: str, seconds: float) -> None:
     """A finished stage of a request (a `cir_common.telemetry` stage listener)."""
-    STAGE_SECONDS.labels(stage, _STRATEGY.get()).observe(seconds)
+    _child(STAGE_SECONDS, stage, _STRATEGY.get()).observe(seconds)
 
 
 def batch_done(batcher: str, items: int, waited_s: float, seconds: float) -> None:
     """A micro-batcher ran a batch of `items`, whose oldest item had waited `waited_s`, in `seconds`."""
     if _STATE.on:
-        BATCH_ITEMS.labels(batcher).observe(items)
-        BATCH_QUEUE_WAIT.labels(batcher).observe(waited_s)
-        BATCH_SECONDS.labels(batcher).observe(seconds)
+        _child(BATCH_ITEMS, batcher).observe(items)
+        _child(BATCH_QUEUE_WAIT, batcher).observe(waited_s)
+        _child(BATCH_SECONDS, batcher).observe(seconds)
 
 
 def key_kind(key: str) -> str:
@@ -382,7 +395,7 @@ def cache_lookups(keys: Sequence[str], values: Sequence[bytes | None]) -> None:
         return
     tally = Tally((key_kind(key), value is not None) for key, value in zip(keys, values, strict=True))
     for (kind, hit), number in tally.items():
-        CACHE_LOOKUPS.labels(kind, "hit" if hit else "miss").inc(number)
+        _child(CACHE_LOOKUPS, kind, "hit" if hit else "miss").inc(number)
 
 
 def cache_error(operation: str, keys: Iterable[str]) -> None:

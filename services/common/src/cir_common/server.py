@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import logging
 import signal
@@ -371,6 +372,10 @@ class ServiceHost:
         done, _ = await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if loader in done:
             loader.result()  # a failed load ends the process with its error
+            # What start-up made (modules, the model, its framework) lives as long as the process: moved out
+            # of the collector's reach, so the collections that requests trigger scan only what requests make.
+            gc.collect()
+            gc.freeze()
             await self.set_ready()
             watcher = asyncio.create_task(self.follow(check)) if check is not None else None
             await waiter

@@ -171,14 +171,20 @@ class _StoreOnlyAnswers:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return await self._cache.get_many(keys)
 
-    async def set_many(self, items: Mapping[str, bytes], ttl_s: int | None = None) -> None:
-        await self._cache.set_many({k: v for k, v in items.items() if k not in self._failed}, ttl_s)
+    async def set_many(
+        self, items: Mapping[str, bytes], ttl_s: int | None = None, *, wait: bool = True
+    ) -> None:
+        kept = {k: v for k, v in items.items() if k not in self._failed}
+        await self._cache.set_many(kept, ttl_s, wait=wait)
 
     async def get(self, key: str) -> bytes | None:
         return await self._cache.get(key)
 
     async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         await self.set_many({key: value}, ttl_s)
+
+    async def flush(self) -> None:
+        await self._cache.flush()
 
     async def close(self) -> None:
         await self._cache.close()

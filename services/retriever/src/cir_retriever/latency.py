@@ -17,8 +17,6 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-
 from cir_retriever.settings import check_stage_estimates
 
 
@@ -49,19 +47,26 @@ class StageEstimates:
         self._window = window
         self._quantile = quantile
         self._observed: dict[str, deque[float]] = {}
+        # Each search asks for several estimates and adds a few observations: an estimate is computed once
+        # per change of its window, not at every question.
+        self._estimates: dict[str, float] = {}
 
     def observe(self, stage: str, milliseconds: float) -> None:
         recent = self._observed.get(stage)
         if recent is None:
             recent = self._observed[stage] = deque(maxlen=self._window)
         recent.append(max(float(milliseconds), 0.0))
+        self._estimates.pop(stage, None)
 
     def estimate_ms(self, stage: str) -> float | None:
         """The stage's estimated duration; None before its first observation."""
-        recent = self._observed.get(stage)
-        if not recent:
-            return None
-        return float(np.quantile(np.fromiter(recent, dtype=np.float64), self._quantile))
+        estimate = self._estimates.get(stage)
+        if estimate is None:
+            recent = self._observed.get(stage)
+            if not recent:
+                return None
+            estimate = self._estimates[stage] = quantile(sorted(recent), self._quantile)
+        return estimate
 
     def total_ms(self, stages: Iterable[str]) -> float:
         """The estimates of `stages` one after another; a stage without an estimate counts as 0."""
@@ -81,3 +86,13 @@ class StageEstimates:
     def snapshot(self) -> dict[str, float]:
         """Every stage's current estimate (ms)."""
         return {stage: value for stage in self._observed if (value := self.estimate_ms(stage)) is not None}
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The `q` quantile of the ascending, non-empty `ordered`, interpolated linearly between the two closest
+    ranks (numpy's default method). Plain Python: a window is small, numpy's set-up per call is not."""
+    position = (len(ordered) - 1) * q
+    below = int(position)
+    if below + 1 >= len(ordered):
+        return ordered[-1]
+    return ordered[below] + (position - below) * (ordered[below + 1] - ordered[below])
