@@ -14,7 +14,9 @@ the runs, every metrics endpoint is scraped and the received spans counted, so a
 feature that silently stayed off cannot pass for a cheap one.
 
 Keys (issue 16):
-- `runs[]`: `strategy`, `mode` (off / on), `concurrency`, `searches`, `p50_ms`, `p95_ms`, `searches_per_s`.
+- `runs[]`: `strategy`, `mode` (off / on), `concurrency`, `searches`, `p50_ms`, `p95_ms`, `searches_per_s`,
+  and `cpu_ms_per_search{}`: CPU milliseconds per search of each service (with the processes it started),
+  Redis and the caller (Linux /proc; where the extra time of `on` goes).
 - `overhead[]`: `strategy`, `concurrency`, `p50_slower_pct` (on against off), `searches_per_s_ratio`.
 - `target_p50_slower_pct`: 3.0 (the issue's target).
 - `checks`: `spans_received`, `metrics_endpoints_scraped`, `metrics_samples`.
@@ -32,6 +34,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from collections import Counter as Tally
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -160,22 +163,28 @@ def _percentile(values: list[float], q: float) -> float:
 
 def compare(
     stubs: dict[str, retriever_pb2_grpc.RetrieverServiceStub],
+    suites: dict[str, LocalSuite],
     strategy: str,
     concurrency: int,
     searches: int,
     block: int,
     seed: int,
 ) -> list[dict]:
-    """Alternating blocks of `block` searches on each suite, `searches` in all per suite; one row per mode."""
+    """Alternating blocks of `block` searches on each suite, `searches` in all per suite; one row per mode,
+    with the CPU each process of the suite (and the caller, this process) spent per search."""
     rng = np.random.default_rng(seed)
     latencies: dict[str, list[float]] = {mode: [] for mode in stubs}
     seconds: dict[str, float] = dict.fromkeys(stubs, 0.0)
+    cpu_s: dict[str, Tally[str]] = {mode: Tally() for mode in stubs}
     for first in range(0, searches, block):
         images = [random_png(rng) for _ in range(min(block, searches - first))]
         # The same images for both, in an order that alternates which suite goes first.
         order = list(stubs) if (first // block) % 2 == 0 else list(reversed(stubs))
         for mode in order:
+            before, caller = suites[mode].cpu_seconds(), time.process_time()
             measured, wall = _block(stubs[mode], strategy, images, concurrency)
+            cpu_s[mode]["caller"] += time.process_time() - caller
+            cpu_s[mode].update({p: s - before.get(p, 0.0) for p, s in suites[mode].cpu_seconds().items()})
             latencies[mode] += measured
             seconds[mode] += wall
     return [
@@ -187,6 +196,10 @@ def compare(
             "p50_ms": round(_percentile(latencies[mode], 50), 2),
             "p95_ms": round(_percentile(latencies[mode], 95), 2),
             "searches_per_s": round(len(latencies[mode]) / seconds[mode], 2),
+            "cpu_ms_per_search": {
+                process: round(used * 1000.0 / len(latencies[mode]), 3)
+                for process, used in sorted(cpu_s[mode].items())
+            },
         }
         for mode in stubs
     ]
@@ -263,7 +276,7 @@ def main() -> None:
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
                     _block(stubs["off"], strategy, [random_png(np.random.default_rng(99))] * 4, 1)  # warm-up
                     _block(stubs["on"], strategy, [random_png(np.random.default_rng(99))] * 4, 1)
-                    rows = compare(stubs, strategy, concurrency, args.searches, args.block, seed)
+                    rows = compare(stubs, suites, strategy, concurrency, args.searches, args.block, seed)
                     runs += rows
                     print(json.dumps(rows), flush=True)
             endpoints, samples = _scrape(on.metrics_ports)

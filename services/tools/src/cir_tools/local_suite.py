@@ -33,6 +33,7 @@ from cir_common.tls import channel_credentials, health_probe_tls
 from cir_common.vocabulary import PROFILE_ENV, RETRIEVER, Service, ServiceIdentity
 from cir_tools.local_milvus import MilvusProcess, start_milvus
 from cir_tools.local_redis import RedisProcess, RedisTls, free_port, redis_server_binary, start_redis
+from cir_tools.process_cpu import group_cpu_s, process_cpu_s
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,13 @@ class LocalSuite:
         self.progress(
             f"still starting after {waited_s:.0f} s: {starting}; limit {limit_s:g} s ({STARTUP_TIMEOUT_ENV})"
         )
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each running service (with the processes it started) and by Redis."""
+        used = {name: group_cpu_s(service.process.pid) for name, service in self.processes.items()}
+        if self.redis is not None:
+            used["redis"] = process_cpu_s(self.redis.process.pid)
+        return used
 
     def stop_service(self, name: str, grace_s: float = 30.0) -> None:
         """SIGTERM (the service drains and unloads), then SIGKILL to its whole process group."""
