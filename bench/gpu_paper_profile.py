@@ -69,6 +69,7 @@ from cir_tools.local_redis import free_port
 from cir_tools.local_suite import SERVICES, LocalSuite
 from cir_tools.packs import paper_shapes
 from cir_tools.packs.tiny import render_toml
+from cir_tools.proc_stat import session_of
 from cir_tools.profiles import check_profile
 from cir_tools.termination import exit_on_sigterm
 
@@ -231,14 +232,6 @@ def gpu_used_mib() -> float | None:
     return float(rows[0][0]) if rows else None
 
 
-def _session(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[3])
-
-
 def per_service_mib(suite: LocalSuite) -> dict[str, float] | None:
     """GPU memory of each service with every process it started (its session), where nvidia-smi shows pids."""
     rows = _nvidia_smi("--query-compute-apps=pid,used_memory")
@@ -249,7 +242,7 @@ def per_service_mib(suite: LocalSuite) -> dict[str, float] | None:
     for pid, used in rows:
         if not (pid.isdigit() and used.replace(".", "", 1).isdigit()):
             continue  # "[N/A]": no per-process figures in this container
-        name = sessions.get(_session(int(pid)) or -1)
+        name = sessions.get(session_of(int(pid)) or -1)
         if name is not None:
             found[name] += float(used)
     return dict(found) or None

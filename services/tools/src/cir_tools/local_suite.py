@@ -33,7 +33,7 @@ from cir_common.tls import channel_credentials, health_probe_tls
 from cir_common.vocabulary import PROFILE_ENV, RETRIEVER, Service, ServiceIdentity
 from cir_tools.local_milvus import MilvusProcess, start_milvus
 from cir_tools.local_redis import RedisProcess, RedisTls, free_port, redis_server_binary, start_redis
-from cir_tools.process_cpu import group_cpu_s, process_cpu_s
+from cir_tools.proc_stat import process_cpu_s, session_cpu_s
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class LocalSuite:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each running service (with the processes it started) and by Redis."""
-        used = {name: group_cpu_s(service.process.pid) for name, service in self.processes.items()}
+        used = {name: session_cpu_s(service.process.pid) for name, service in self.processes.items()}
         if self.redis is not None:
             used["redis"] = process_cpu_s(self.redis.process.pid)
         return used

@@ -1,4 +1,4 @@
-"""CPU time read from /proc: a process group's total includes the processes its leader started."""
+"""/proc read: a session's CPU total includes the processes its leader started; a process's session."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from cir_tools.process_cpu import group_cpu_s, process_cpu_s
+from cir_tools.proc_stat import process_cpu_s, session_cpu_s, session_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 
@@ -22,7 +22,7 @@ _BURN = textwrap.dedent(
     sys.stdin.read()
     """
 )
-# Starts a burner child in its own process group, burns too, and reports both figures.
+# Starts a burner child (in the leader's session), burns too, and reports both figures.
 _LEADER = textwrap.dedent(
     f"""
     import subprocess, sys, time
@@ -40,7 +40,7 @@ _LEADER = textwrap.dedent(
 TICK_S = 0.01  # /proc counts in clock ticks; allow one per process and a little start-up work
 
 
-def test_a_groups_cpu_is_its_leaders_and_its_childrens():
+def test_a_sessions_cpu_is_its_leaders_and_its_childrens():
     leader = subprocess.Popen(
         [sys.executable, "-c", _LEADER],
         stdin=subprocess.PIPE,
@@ -51,13 +51,15 @@ def test_a_groups_cpu_is_its_leaders_and_its_childrens():
     try:
         assert leader.stdout is not None
         child_pid, child_used, leader_used = leader.stdout.readline().split()
+        assert session_of(int(child_pid)) == session_of(leader.pid) == leader.pid
         own = process_cpu_s(leader.pid)
         child = process_cpu_s(int(child_pid))
         assert own == pytest.approx(float(leader_used), abs=5 * TICK_S)
         assert child == pytest.approx(float(child_used), abs=5 * TICK_S)
-        assert group_cpu_s(leader.pid) == pytest.approx(own + child, abs=2 * TICK_S)
-        assert group_cpu_s(leader.pid) >= 0.55
+        assert session_cpu_s(leader.pid) == pytest.approx(own + child, abs=2 * TICK_S)
+        assert session_cpu_s(leader.pid) >= 0.55
     finally:
         leader.communicate(timeout=60)
     assert process_cpu_s(leader.pid) == 0.0  # gone: nothing to read
-    assert group_cpu_s(leader.pid) == 0.0
+    assert session_of(leader.pid) is None
+    assert session_cpu_s(leader.pid) == 0.0
